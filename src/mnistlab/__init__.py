@@ -1,0 +1,3 @@
+"""mnistlab: reproducible transfer-learning and spatial-transformer studies on MNIST."""
+
+__version__ = "0.1.0"

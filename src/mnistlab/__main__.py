@@ -1,0 +1,5 @@
+"""Allow ``python -m mnistlab``."""
+
+from mnistlab.cli import main
+
+raise SystemExit(main())

@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.mnistlab-installed
 
-.PHONY: run test lint install clean
+.PHONY: run quick test lint install browser clean
 
 # torch/torchvision first, at the versions this machine serves from disk (never above);
 # elasticdeform from source: its 0.5.1 wheel fails to import under NumPy 2.
@@ -16,16 +16,24 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# The main job: every study as specified, then results/report.html (see README for timings).
 run: $(STAMP)
-	$(BIN)/mnistlab data info
-	$(BIN)/mnistlab data show --deform elastic -n 16 -o results/data/elastic.png
-	$(BIN)/mnistlab data show --deform zoom -n 16 -o results/data/zoom.png
+	$(BIN)/mnistlab run all --profile full
+
+# A few-minute demonstration of the whole pipeline (labelled QUICK in its report).
+quick: $(STAMP)
+	$(BIN)/mnistlab run all --profile quick
+
+# Headless Chromium for the report test (Debian package; root on this machine kind).
+browser:
+	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-test: lint
+test: lint browser
 	$(BIN)/python -m pytest -q
 
 clean:

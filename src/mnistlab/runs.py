@@ -148,7 +148,11 @@ def start_run(folder: Path | str, config: Any, *, seed: int | None = None, **ext
     """Write ``config.json`` (resolved config + environment) before any training starts."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    from mnistlab.data.mnist import mnist_info  # the data a run trains on, with its digests
+
+    info = mnist_info()
     payload = {
+        "data": {"source": info.source, "location": info.location, "sha256": info.digests},
         "config": config_dict(config),
         "config_hash": config_hash(config),
         "seed": seed,
@@ -163,3 +167,19 @@ def start_run(folder: Path | str, config: Any, *, seed: int | None = None, **ext
 def finish_run(folder: Path | str, metrics: Mapping[str, Any]) -> Path:
     """Write ``metrics.json`` last: from now on the run counts as complete."""
     return atomic_write_json(Path(folder) / COMPLETE_MARKER, dict(metrics))
+
+
+def clear_run(folder: Path | str, keep: tuple[str, ...] = ("run.log",)) -> None:
+    """Delete a run's results for ``--force`` (the open log file survives)."""
+    import shutil
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for child in folder.iterdir():
+        if child.name in keep:
+            continue
+        if child.is_dir():
+            shutil.rmtree(child)
+        else:
+            child.unlink()

@@ -1,0 +1,1 @@
+"""Model builders: MLP (digits), spatial transformer + plain CNN (STN studies), backbones."""

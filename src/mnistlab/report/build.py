@@ -1,0 +1,170 @@
+"""``mnistlab report``: results on disk → ``report.html`` (self-contained) and ``report.md``.
+
+Never trains and never imports torch: it reads ``metrics.json``/CSV/PNG files. The run folders
+come from the manifest that ``run all`` writes (``results/manifest.json``); without one, the most
+recently finished run of each study is used.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, select_autoescape
+
+from mnistlab import runs
+from mnistlab.report import sections as S
+
+STUDIES = ("fewshot", "stn", "stn-deform", "digits")
+MANIFEST = "manifest.json"
+
+_TEMPLATE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>mnistlab report</title>
+<link rel="icon" href="data:,">
+<style>
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}
+h1{border-bottom:2px solid #444}h2{margin-top:2em;border-bottom:1px solid #bbb}
+.banner{background:#fff3cd;border:1px solid #e0c36c;padding:.5em 1em;margin:1em 0;font-weight:600}
+.missing{color:#a33;font-style:italic}
+table{border-collapse:collapse;margin:1em 0;font-size:.9em}
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}th{background:#f2f2f2}
+caption{caption-side:bottom;font-size:.85em;color:#555;text-align:left}
+figure{margin:1em 0}figure img{max-width:100%;border:1px solid #ddd}
+figcaption{font-size:.85em;color:#555}
+nav a{margin-right:1em}
+</style></head><body>
+<h1>mnistlab report</h1>
+<p>Generated {{ generated }} from <code>{{ root }}</code>. Every sentence below is formatted
+from measured results files.</p>
+{% if banner %}<div class="banner">{{ banner }}</div>{% endif %}
+<nav>{% for s in sections %}<a href="#{{ s.key }}">{{ s.title }}</a>{% endfor %}</nav>
+{% for s in sections %}
+<section id="{{ s.key }}">
+<h2>{{ s.title }}</h2>
+{% if banner and s.key != "environment" %}<div class="banner">{{ banner }}</div>{% endif %}
+{% if s.missing %}<p class="missing">Not available: {{ s.missing }}</p>{% endif %}
+{% for p in s.paragraphs %}<p>{{ p }}</p>{% endfor %}
+{% if s.bullets %}<ul>{% for b in s.bullets %}<li>{{ b }}</li>{% endfor %}</ul>{% endif %}
+{% for t in s.tables %}
+<table>{% if t.caption %}<caption>{{ t.caption }}</caption>{% endif %}
+<thead><tr>{% for h in t.headers %}<th>{{ h }}</th>{% endfor %}</tr></thead>
+<tbody>{% for r in t.rows %}<tr>{% for c in r %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}
+</tbody></table>
+{% endfor %}
+{% for src, cap in s.figures %}
+<figure><img src="{{ src }}" alt="{{ cap }}"><figcaption>{{ cap }}</figcaption></figure>
+{% endfor %}
+</section>
+{% endfor %}
+</body></html>
+"""
+
+
+def latest_complete(root: Path, study: str) -> Path | None:
+    """The most recently finished run folder of ``study`` (``metrics.json`` present)."""
+    base = root / study
+    if not base.is_dir():
+        return None
+    done = [p for p in base.iterdir() if p.is_dir() and runs.is_complete(p)]
+    return max(done, key=lambda p: (p / runs.COMPLETE_MARKER).stat().st_mtime, default=None)
+
+
+def find_runs(root: Path) -> tuple[dict[str, Path | None], dict[str, Any] | None]:
+    manifest_path = root / MANIFEST
+    manifest = runs.read_json(manifest_path) if manifest_path.is_file() else None
+    folders: dict[str, Path | None] = {}
+    for study in STUDIES:
+        listed = (manifest or {}).get("folders", {}).get(study)
+        folder = Path(listed) if listed else None
+        if folder is not None and not folder.is_absolute():
+            folder = root / folder
+        if folder is None or not runs.is_complete(folder):
+            folder = latest_complete(root, study)
+        folders[study] = folder
+    return folders, manifest
+
+
+def build_sections(root: Path) -> tuple[list[S.Section], dict[str, Any] | None]:
+    folders, manifest = find_runs(root)
+    secs = [
+        S.fewshot(folders["fewshot"]),
+        S.stn(folders["stn"]),
+        S.stn_deform(folders["stn-deform"]),
+        *S.digits(folders["digits"]),
+        S.environment(manifest, folders),
+    ]
+    return secs, manifest
+
+
+def _banner(manifest: dict[str, Any] | None) -> str:
+    if manifest and manifest.get("profile") == "quick":
+        return (
+            "QUICK PROFILE — a short demonstration (fewer seeds and epochs, test subsets). "
+            "These numbers are not the studies' results; run `mnistlab run all --profile "
+            "full` for those."
+        )
+    return ""
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def render_html(secs: list[S.Section], root: Path, banner: str) -> str:
+    env = Environment(autoescape=select_autoescape(default=True))
+    view = []
+    for s in secs:
+        figs = [(_data_uri(p), cap) for p, cap in s.figures]  # embedded: no external files
+        view.append({**s.__dict__, "figures": figs})
+    return env.from_string(_TEMPLATE).render(
+        sections=view,
+        banner=banner,
+        root=str(root),
+        generated=time.strftime("%Y-%m-%d %H:%M %Z"),
+    )
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_markdown(secs: list[S.Section], out_dir: Path, banner: str) -> str:
+    lines = ["# mnistlab report", ""]
+    if banner:
+        lines += [f"> **{banner}**", ""]
+    for s in secs:
+        lines += [f"## {s.title}", ""]
+        if banner and s.key != "environment":
+            lines += [f"> **{banner}**", ""]
+        if s.missing:
+            lines += [f"*Not available: {s.missing}*", ""]
+        for p in s.paragraphs:
+            lines += [p, ""]
+        lines += [f"- {b}" for b in s.bullets] + ([""] if s.bullets else [])
+        for t in s.tables:
+            lines.append("| " + " | ".join(_md_escape(h) for h in t.headers) + " |")
+            lines.append("|" + "---|" * len(t.headers))
+            lines += ["| " + " | ".join(_md_escape(c) for c in r) + " |" for r in t.rows]
+            lines += ([f"*{t.caption}*"] if t.caption else []) + [""]
+        for path, cap in s.figures:
+            rel = os.path.relpath(path, out_dir)
+            lines += [f"![{html.escape(cap)}]({rel})", ""]
+    return "\n".join(lines) + "\n"
+
+
+def build_report(root: Path | str, out_dir: Path | str | None = None) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``report.md`` into ``out_dir`` (default: ``root``)."""
+    root = Path(root)
+    out_dir = Path(out_dir) if out_dir is not None else root
+    secs, manifest = build_sections(root)
+    banner = _banner(manifest)
+    html_path = runs.atomic_write_text(out_dir / "report.html", render_html(secs, root, banner))
+    md_path = runs.atomic_write_text(out_dir / "report.md", render_markdown(secs, out_dir, banner))
+    return html_path, md_path

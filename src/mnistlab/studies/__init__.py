@@ -1,0 +1,1 @@
+"""One module per study: a config dataclass and ``run(config, out_dir)``."""

@@ -1,0 +1,110 @@
+"""Figures of the STN studies: θ histograms, example warps, accuracy curves (overall / per kind)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mnistlab.plotting import KIND_COLOURS, image_grid, plt, save_figure
+
+_PARAMS = ("rotation_deg", "scale_x", "scale_y", "shear", "tx", "ty")
+
+
+def theta_figures(
+    out: Path,
+    parts: dict[str, torch.Tensor],
+    images: torch.Tensor,
+    warped: torch.Tensor,
+    k: int = 6,
+) -> dict[str, list[int]]:
+    """Histograms of every θ component, and for each deformation type the ``k`` test images
+    where the STN applies the most of it (input beside output). Returns the indices shown."""
+    fig, axes = plt.subplots(2, 3, figsize=(11, 5.5))
+    for ax, name in zip(axes.flat, _PARAMS, strict=True):
+        ax.hist(parts[name].numpy(), bins=60, color="#4c72b0")
+        ax.set_title(name, fontsize=9)
+        ax.axvline({"scale_x": 1, "scale_y": 1}.get(name, 0), color="k", lw=0.8, ls=":")
+    fig.suptitle("STN θ on the test set (dotted: identity)")
+    fig.tight_layout()
+    save_figure(fig, out / "theta_hist")
+    iso = torch.sqrt(parts["scale_x"].abs() * parts["scale_y"].abs())
+    scores = {
+        "rotation": parts["rotation_deg"].abs(),
+        "zoom": (iso.log()).abs(),
+        "shear": parts["shear"].abs(),
+        "translation": torch.sqrt(parts["tx"] ** 2 + parts["ty"] ** 2),
+    }
+    examples = {}
+    rows, labels = [], []
+    for name, score in scores.items():
+        idx = torch.argsort(score, descending=True)[:k]
+        examples[name] = idx.tolist()
+        rows.append(
+            np.stack([np.concatenate([images[i].numpy(), warped[i].numpy()], axis=1) for i in idx])
+        )
+        labels.append(name)
+    grid = np.stack(rows)  # [types, k, 28, 56]: input | output side by side
+    fig = image_grid(grid, row_labels=labels)
+    fig.suptitle("largest deformations: input | STN output", fontsize=9)
+    save_figure(fig, out / "theta_examples")
+    return examples
+
+
+def accuracy_curves(
+    out: Path, histories: dict[str, list[list[dict]]], title: str, kinds: tuple[str, ...] = ("all",)
+) -> None:
+    """Train (dashed) and test (solid) accuracy per epoch, mean over seeds, per model/kind."""
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.2 * len(kinds), 4), squeeze=False)
+    styles = {"stn": "-", "baseline": "-"}
+    colours = {"stn": "#c44e52", "baseline": "#4c72b0"}
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        for model, hs in histories.items():
+            if not hs:
+                continue
+            epochs = [r["epoch"] for r in hs[0]]
+            for split, ls in (("train", "--"), ("test", styles[model])):
+                key = f"{split}_acc_{kind}"
+                vals = np.mean([[100 * r[key] for r in h] for h in hs], axis=0)
+                ax.plot(epochs, vals, ls, color=colours[model], label=f"{model} {split}")
+        ax.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{title}: {kind}")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, out / "accuracy_curves")
+
+
+def kind_examples(
+    out: Path,
+    images: torch.Tensor,
+    warped: torch.Tensor,
+    kind: torch.Tensor,
+    names: tuple[str, ...],
+    k: int = 8,
+    stem: str = "deform_examples",
+) -> None:
+    """For each kind: ``k`` test images, input beside the STN's output."""
+    rows = []
+    for name in names:
+        from mnistlab.data import KINDS
+
+        idx = torch.nonzero(kind == KINDS.index(name)).flatten()[:k]
+        rows.append(
+            np.stack([np.concatenate([images[i].numpy(), warped[i].numpy()], axis=1) for i in idx])
+        )
+    fig = image_grid(np.stack(rows), row_labels=list(names))
+    fig.suptitle("input | STN output", fontsize=9)
+    save_figure(fig, out / stem)
+
+
+def scale_by_kind(out: Path, scale: dict[str, list[float]]) -> None:
+    """Histogram of the STN's isotropic θ scale per input kind (1/4 would undo a 4× zoom-out)."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name, values in scale.items():
+        ax.hist(values, bins=60, alpha=0.6, color=KIND_COLOURS.get(name), label=name)
+    ax.axvline(1.0, color="k", ls=":", lw=0.8)
+    ax.axvline(0.25, color="k", ls="--", lw=0.8, label="1/4 (undoes 4× zoom-out)")
+    ax.set(xlabel="θ scale √|det A|", ylabel="test images")
+    ax.legend(fontsize=8)
+    save_figure(fig, out / "scale_by_kind")

@@ -1,0 +1,1 @@
+"""One training loop for in-memory tensors, evaluation, checkpoints, seeding and devices."""

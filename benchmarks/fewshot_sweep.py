@@ -35,14 +35,17 @@ def main() -> None:
     w = resolve_weights(args.backbone)
     model = build_model(args.backbone, w)
     splits = seed_splits(y, cfg)
-    pool = torch.unique(torch.cat([torch.cat([s["val"], *s["sizes"].values()])
-                                   for s in splits.values()]))
+    pool = torch.unique(
+        torch.cat([torch.cat([s["val"], *s["sizes"].values()]) for s in splits.values()])
+    )
     dev = torch.device("cpu")
     p = Progress()
-    pf = _features(cfg, args.backbone, w, model, x[pool], "pool", cache_dir() / "features", dev,
-                   "bf16", p)
-    tf = _features(cfg, args.backbone, w, model, xt, "test", cache_dir() / "features", dev,
-                   "bf16", p)
+    pf = _features(
+        cfg, args.backbone, w, model, x[pool], "pool", cache_dir() / "features", dev, "bf16", p
+    )
+    tf = _features(
+        cfg, args.backbone, w, model, xt, "test", cache_dir() / "features", dev, "bf16", p
+    )
     row = torch.full((len(y),), -1, dtype=torch.long)
     row[pool] = torch.arange(len(pool))
     results = []
@@ -52,8 +55,11 @@ def main() -> None:
                 for n in cfg.sizes:
                     idx = sp["sizes"][n]
                     head = new_head(head_of(model).in_features, seed)
-                    opt = (torch.optim.Adam(head.parameters(), lr=lr) if opt_name == "adam"
-                           else torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9))
+                    opt = (
+                        torch.optim.Adam(head.parameters(), lr=lr)
+                        if opt_name == "adam"
+                        else torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9)
+                    )
                     g = torch.Generator().manual_seed(seed)
                     accs = []
                     t = time.perf_counter()
@@ -61,9 +67,17 @@ def main() -> None:
                         train_epoch(head, pf[row[idx]], y[idx], opt, batch_size=32, generator=g)
                         accs.append(evaluate(head, tf, yt).acc)
                     best = max(range(len(accs)), key=lambda i: accs[i])
-                    r = {"opt": opt_name, "lr": lr, "seed": seed, "size": n,
-                         "best_acc": accs[best], "best_epoch": best + 1, "acc_at_60": accs[59],
-                         "final_acc": accs[-1], "seconds": time.perf_counter() - t}
+                    r = {
+                        "opt": opt_name,
+                        "lr": lr,
+                        "seed": seed,
+                        "size": n,
+                        "best_acc": accs[best],
+                        "best_epoch": best + 1,
+                        "acc_at_60": accs[59],
+                        "final_acc": accs[-1],
+                        "seconds": time.perf_counter() - t,
+                    }
                     results.append(r)
                     print(r)
     atomic_write_json(args.output, results)

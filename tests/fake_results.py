@@ -88,7 +88,16 @@ def make(root: Path, profile: str = "quick") -> Path:
                 "per_seed_final": [0.985],
             },
             "padding": "sampled before normalising",
-            "deformation_summary": ["rotation: used — median 6°", "zoom: not used"],
+            "deformations": {
+                "rotation": {"median": 6.0, "p90": 9.0, "threshold": 5, "learned": True},
+                "zoom": {
+                    "median": 0.01,
+                    "p90": 0.02,
+                    "threshold": 0.05,
+                    "learned": False,
+                    "mean_scale": 1.01,
+                },
+            },
         },
         ["accuracy_curves", "theta_hist", "theta_examples"],
     )

@@ -7,6 +7,7 @@ from mnistlab.cli import main
 from mnistlab.errors import MnistlabError
 from mnistlab.models.mlp import MLPConfig, build_mlp
 from mnistlab.studies import digits as dg
+from mnistlab.studies import digits_transfer as tr
 from mnistlab.train.checkpoint import save_checkpoint
 from mnistlab.train.fit import FitConfig, adam_with_l2, fit
 from mnistlab.train.loop import predict_logits
@@ -54,7 +55,7 @@ def test_only_the_right_parameters_train(variant, changed_blocks):
         model = build_mlp(MLPConfig(), seed=2)
         prefix = "hidden"
     else:
-        model = dg.Reused(source, 4 if variant == "reuse4" else 5, 5, seed=2)
+        model = tr.Reused(source, 4 if variant == "reuse4" else 5, 5, seed=2)
         if variant == "unfreeze2":
             model.unfreeze(2)
         prefix = "stack"
@@ -70,7 +71,7 @@ def test_only_the_right_parameters_train(variant, changed_blocks):
 
 def test_frozen_blocks_stay_in_eval_mode():
     source = build_mlp(MLPConfig(batch_norm=True, dropout=0.5), seed=0)
-    model = dg.Reused(source, 5, 5, seed=0).train()
+    model = tr.Reused(source, 5, 5, seed=0).train()
     assert not any(m.training for b in model.stack for m in b.modules())
     model.unfreeze(2)
     model.train()
@@ -79,7 +80,7 @@ def test_frozen_blocks_stay_in_eval_mode():
 
 def test_cached_and_uncached_paths_give_the_same_logits():
     x, _ = _synthetic(50)
-    model = dg.Reused(build_mlp(MLPConfig(), seed=0), 5, 5, seed=3).eval()
+    model = tr.Reused(build_mlp(MLPConfig(), seed=0), 5, 5, seed=3).eval()
     with torch.inference_mode():
         direct = model(x)
         cached = model.head(model.features(x).clone())
@@ -88,12 +89,12 @@ def test_cached_and_uncached_paths_give_the_same_logits():
 
 def test_cached_variant_matches_uncached_training():
     x, y = _synthetic(400)
-    td = dg.TransferData((x[:100], y[:100]), (x[100:200], y[100:200]), (x[200:], y[200:]))
+    td = tr.TransferData((x[:100], y[:100]), (x[100:200], y[100:200]), (x[200:], y[200:]))
     cfg = dg.DigitsConfig(transfer_max_epochs=15, transfer_patience=5)
     hp = {"lr": 1e-3, "l2": 1e-5, "batch_size": 32}
     source = build_mlp(MLPConfig(), seed=0)
-    _, a = dg.run_variant("frozen5", source, td, cfg, hp, seed=4)
-    _, b = dg.run_variant("cached5", source, td, cfg, hp, seed=4)
+    _, a = tr.run_variant("frozen5", source, td, cfg, hp, seed=4)
+    _, b = tr.run_variant("cached5", source, td, cfg, hp, seed=4)
     assert a["best_epoch"] == b["best_epoch"]
     assert abs(a["test_acc"] - b["test_acc"]) < 0.01
 

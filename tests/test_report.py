@@ -23,6 +23,7 @@ def test_report_answers_from_numbers_and_is_self_contained(report):
     html = html_path.read_text()
     assert "lowest test error at 10 images per class is 10.00 ± 1.00 %" in html
     assert "vgg19 SKIPPED" in html
+    assert "rotation: used — median |deviation| 6°" in html and "zoom: not used" in html
     assert "batch norm reached" in html.lower() or "Batch norm: reached 98 %" in html
     assert "Caching the frozen layers made training 4.0× faster" in html
     assert "Transfer did NOT help here" in html  # scratch 0.9 beats every transfer variant

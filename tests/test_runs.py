@@ -39,3 +39,16 @@ def test_run_lifecycle(tmp_path):
     assert runs.is_complete(folder)
     runs.atomic_write_csv(folder / "h.csv", [{"epoch": 1, "a": 2}, {"epoch": 2, "b": 3}])
     assert runs.read_csv(folder / "h.csv")[1] == {"epoch": "2", "a": "", "b": "3"}
+
+
+def test_begin_resumes_skips_finished_and_force_clears(tmp_path):
+    folder = tmp_path / "run"
+    assert runs.begin(folder, Cfg(), force=False) is None  # fresh: config written
+    (folder / "checkpoint.pt").write_bytes(b"x")
+    assert runs.begin(folder, Cfg(), force=False) is None  # interrupted: checkpoints kept
+    assert (folder / "checkpoint.pt").is_file()
+    runs.finish_run(folder, {"acc": 1.0})
+    assert runs.begin(folder, Cfg(), force=False) == {"acc": 1.0}  # finished: not redone
+    (folder / "run.log").write_text("log")
+    assert runs.begin(folder, Cfg(), force=True) is None
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "run.log"]

@@ -7,6 +7,7 @@ from torch import nn
 
 from mnistlab.cli import main
 from mnistlab.models.stn import STNNet, to_input
+from mnistlab.report.sections import describe_deformations
 from mnistlab.studies import stn, stn_deform
 
 
@@ -43,8 +44,10 @@ def test_deformation_list_is_derived_from_numbers():
     stats = stn.deformation_stats(stn.decompose_theta(theta))
     assert stats["rotation"]["learned"] and stats["zoom"]["learned"]
     assert not stats["shear"]["learned"] and not stats["translation"]["learned"]
-    lines = stn.describe_deformations(stats)
+    lines = describe_deformations(stats)
     assert any(line.startswith("zoom: used") and "zoom-in of 2.00×" in line for line in lines)
+    stats["zoom"]["mean_scale"] = 1.25
+    assert "zoom-out of 1.25×" in describe_deformations(stats)[1]
 
 
 class _Oracle(nn.Module):
@@ -111,7 +114,7 @@ def test_stn_study_end_to_end_and_no_retrain(tmp_path, mnist):
     cfg = stn.STNConfig(epochs=1, seeds=1, limit_train=512, limit_test=256, train_eval_size=128)
     m = stn.run(cfg, tmp_path)
     assert 0 <= m["stn"]["final_test_acc"][0] <= 1
-    assert len(m["deformation_summary"]) == 5
+    assert set(m["deformations"]) == {"rotation", "zoom", "anisotropy", "shear", "translation"}
     for f in ("theta_hist.png", "theta_examples.png", "accuracy_curves.png", "metrics.json"):
         assert (tmp_path / f).is_file()
     mtime = (tmp_path / "metrics.json").stat().st_mtime_ns

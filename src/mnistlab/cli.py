@@ -45,18 +45,6 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-def _float_list(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
-        ) from None
-    if not values:
-        raise argparse.ArgumentTypeError("empty list")
-    return values
-
-
 def _apply_data_dir(args: argparse.Namespace) -> None:
     if getattr(args, "data_dir", None):
         os.environ["MNISTLAB_DATA"] = str(args.data_dir)
@@ -134,9 +122,8 @@ def _add_data(sub) -> None:
 def _progress():
     from mnistlab.progress import Progress, RichProgress
 
-    return (
-        RichProgress() if sys.stderr.isatty() or os.environ.get("MNISTLAB_PROGRESS") else Progress()
-    )
+    interactive = sys.stderr.isatty() or os.environ.get("MNISTLAB_PROGRESS")
+    return RichProgress() if interactive else Progress(echo=True)
 
 
 def _log_to(folder: Path):

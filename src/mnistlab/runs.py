@@ -183,3 +183,16 @@ def clear_run(folder: Path | str, keep: tuple[str, ...] = ("run.log",)) -> None:
             shutil.rmtree(child)
         else:
             child.unlink()
+
+
+def begin(folder: Path | str, config: Any, *, force: bool, **extra: Any) -> dict | None:
+    """The common opening of a study's ``run``: ``--force`` clears the folder; a finished run
+    returns its metrics (nothing is retrained); otherwise ``config.json`` is written and None
+    returned. An interrupted run keeps its checkpoints, so training resumes from them."""
+    folder = Path(folder)
+    if force:
+        clear_run(folder)
+    if is_complete(folder):
+        return read_json(folder / COMPLETE_MARKER)
+    start_run(folder, config, seed=getattr(config, "seed", None), **extra)
+    return None

@@ -69,7 +69,11 @@ def fewshot(folder: Path | None) -> Section:
             f"{pm(first['lowest_test_error'])}, and at {last['size']} per class "
             f"{pm(last['lowest_test_error'])} (best test accuracy reached after "
             f"{first['epochs_to_best'][0]:.0f} and {last['epochs_to_best'][0]:.0f} epochs on "
-            f"average). Weights: {r['weights_source']}; features in {r['precision']} on "
+            f"average; within half a point of the best after "
+            f"{first.get('epochs_to_near_best', [float('nan')])[0]:.0f} and "
+            f"{last.get('epochs_to_near_best', [float('nan')])[0]:.0f} epochs — the exact best "
+            f"epoch on a plateau is mostly noise). Weights: {r['weights_source']}; features in "
+            f"{r['precision']} on "
             f"{r['device']}, {r['n_test']} test images."
         )
         flatter = [row["best_test_acc"][0] - row["val_selected_test_acc"][0] for row in r["table"]]
@@ -87,6 +91,7 @@ def fewshot(folder: Path | None) -> Section:
                     pm(row["best_test_acc"]),
                     pm(row["lowest_test_error"]),
                     pm(row["epochs_to_best"], 1, 1, ""),
+                    pm(row.get("epochs_to_near_best", [float("nan"), 0]), 1, 1, ""),
                     pm(row["val_selected_test_acc"]),
                 ]
             )
@@ -100,6 +105,7 @@ def fewshot(folder: Path | None) -> Section:
                 "best test acc",
                 "lowest test error",
                 "epochs to best",
+                "epochs to within 0.5 pt",
                 "val-selected test acc",
             ],
             rows,
@@ -143,7 +149,7 @@ def stn(folder: Path | None) -> Section:
         "rotation · shear · scale, plus translation; a type counts as used when "
         "its 90th-percentile deviation from identity exceeds the threshold):"
     )
-    sec.bullets += m["deformation_summary"]
+    sec.bullets += describe_deformations(m["deformations"])
     sec.figures += _fig(folder, "accuracy_curves", "Train (dashed) and test accuracy per epoch")
     sec.figures += _fig(folder, "theta_hist", "Distribution of θ components on the test set")
     sec.figures += _fig(
@@ -152,6 +158,32 @@ def stn(folder: Path | None) -> Section:
         "Test images with the largest rotation, zoom, shear and translation: input | STN output",
     )
     return sec
+
+
+_UNIT = {"rotation": "°"}
+
+
+def describe_deformations(stats: dict[str, dict[str, float]]) -> list[str]:
+    """One line per deformation type: used or not (from the stored θ statistics), magnitudes.
+
+    θ maps output to input coordinates, so a mean θ scale s < 1 magnifies (zoom-in by 1/s)
+    and s > 1 shrinks the digit (zoom-out by s)."""
+    lines = []
+    for name, s in stats.items():
+        unit = _UNIT.get(name, "")
+        verdict = "used" if s["learned"] else "not used"
+        line = (
+            f"{name}: {verdict} — median |deviation| {s['median']:.3g}{unit}, "
+            f"90th percentile {s['p90']:.3g}{unit} (threshold {s['threshold']:g})"
+        )
+        if name == "zoom":
+            scale = s["mean_scale"]
+            kind = f"zoom-in of {1 / scale:.2f}×" if scale < 1 else f"zoom-out of {scale:.2f}×"
+            line += f"; mean θ scale {scale:.3f}, on average a {kind}"
+        if name == "rotation" and "mean_signed_deg" in s:
+            line += f"; mean signed angle {s['mean_signed_deg']:+.1f}°"
+        lines.append(line)
+    return lines
 
 
 def _history(folder: Path, name: str) -> list[dict[str, str]]:

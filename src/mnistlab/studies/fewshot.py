@@ -39,6 +39,9 @@ from mnistlab.train.features import (
 from mnistlab.train.loop import evaluate, pick_device, train_epoch
 
 STUDY = "fewshot"
+# On a plateau the single best epoch is mostly noise; the first epoch within half a point of it
+# says when training was effectively done.
+NEAR_BEST = 0.005
 
 
 @dataclass(frozen=True)
@@ -239,6 +242,9 @@ def run_backbone(name: str, cfg: FewshotConfig, out: Path, progress: Progress) -
                     "size": n,
                     "best_test_acc": best["test_acc"],
                     "best_epoch": best["epoch"],
+                    "near_best_epoch": next(
+                        r["epoch"] for r in main if r["test_acc"] >= best["test_acc"] - NEAR_BEST
+                    ),
                     "final_test_acc": main[-1]["test_acc"],
                     "val_lr": chosen_lr,
                     "val_epoch": chosen["epoch"],
@@ -286,6 +292,7 @@ def aggregate(rows: list[dict], cfg: FewshotConfig) -> list[dict]:
                 "best_test_acc": acc,
                 "lowest_test_error": (1 - acc[0], acc[1]),
                 "epochs_to_best": mean_ci([r["best_epoch"] for r in sel]),
+                "epochs_to_near_best": mean_ci([r["near_best_epoch"] for r in sel]),
                 "val_selected_test_acc": mean_ci([r["val_test_acc"] for r in sel]),
                 "val_selected_epoch": mean_ci([r["val_epoch"] for r in sel]),
             }
@@ -313,11 +320,8 @@ def run(
     progress = progress or Progress()
     out = Path(out_dir)
     _validate(config)
-    if force:
-        runs.clear_run(out)
-    if runs.is_complete(out):
-        return runs.read_json(out / "metrics.json")
-    runs.start_run(out, config, seed=config.seed)
+    if (done := runs.begin(out, config, force=force)) is not None:
+        return done
     results, skipped = {}, {}
     for name in config.backbones:
         try:

@@ -18,20 +18,33 @@ def _label(name: str, result: dict) -> str:
 def write_all(out: Path, results: dict[str, dict], sizes: tuple[int, ...]) -> None:
     if not results:
         return
-    for key, ylabel, stem, scale in (
-        ("lowest_test_error", "lowest test error (%)", "error_vs_size", 100),
-        ("epochs_to_best", "epochs to best test accuracy", "epochs_vs_size", 1),
-    ):
+    panels = (
+        ("lowest test error (%)", "error_vs_size", [("lowest_test_error", 100, "", "-")]),
+        (
+            "epochs",
+            "epochs_vs_size",
+            [
+                ("epochs_to_best", 1, "best test accuracy", "-"),
+                ("epochs_to_near_best", 1, "within 0.5 pt of best", "--"),
+            ],
+        ),
+    )
+    for ylabel, stem, series in panels:
         fig, ax = plt.subplots(figsize=(6, 4))
         for name, r in results.items():
-            xs = [row["size"] for row in r["table"]]
-            ys = [scale * row[key][0] for row in r["table"]]
-            err = [scale * row[key][1] for row in r["table"]]
-            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, label=_label(name, r))
+            for key, scale, what, style in series:
+                if key not in r["table"][0]:
+                    continue
+                xs = [row["size"] for row in r["table"]]
+                ys = [scale * row[key][0] for row in r["table"]]
+                err = [scale * row[key][1] for row in r["table"]]
+                label = f"{_label(name, r)} {what}".strip()
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, ls=style, label=label)
+        title = ylabel if stem == "error_vs_size" else "epochs to best test accuracy"
         ax.set(xlabel="training images per class", ylabel=ylabel, xticks=list(sizes))
-        ax.set_title(f"{ylabel} (mean ± 95% CI over seeds)", fontsize=9)
+        ax.set_title(f"{title} (mean ± 95% CI over seeds)", fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
         save_figure(fig, out / stem)
     for name, r in results.items():
         rows = runs.read_csv(out / r["folder"] / "curves.csv")

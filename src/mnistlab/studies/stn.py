@@ -112,24 +112,6 @@ def deformation_stats(parts: dict[str, torch.Tensor]) -> dict[str, dict[str, flo
     return out
 
 
-def describe_deformations(stats: dict[str, dict[str, float]]) -> list[str]:
-    """Sentences listing the deformation types the STN uses, with their magnitudes."""
-    unit = {"rotation": "°", "zoom": "", "anisotropy": "", "shear": "", "translation": ""}
-    lines = []
-    for name, s in stats.items():
-        verdict = "used" if s["learned"] else "not used"
-        line = (
-            f"{name}: {verdict} — median |deviation| {s['median']:.3g}{unit[name]}, "
-            f"90th percentile {s['p90']:.3g}{unit[name]} (threshold {s['threshold']:g})"
-        )
-        if name == "zoom":
-            factor = 1 / s["mean_scale"] if s["mean_scale"] > 0 else float("inf")
-            kind = "zoom-in" if factor > 1 else "zoom-out"
-            line += f"; mean θ scale {s['mean_scale']:.3f} (a {kind} of {factor:.2f}×)"
-        lines.append(line)
-    return lines
-
-
 @torch.inference_mode()
 def thetas_and_outputs(
     model: STNNet, images: torch.Tensor, device: torch.device, batch: int = 2048
@@ -287,12 +269,9 @@ def run(
     out = Path(out_dir)
     if config.optimizer not in OPTIMIZERS:
         raise MnistlabError(f"unknown optimizer {config.optimizer!r}; choose {OPTIMIZERS}")
-    if force:
-        runs.clear_run(out)
-    if runs.is_complete(out):
-        return runs.read_json(out / "metrics.json")
-    runs.start_run(out, config, seed=config.seed, device=str(pick_device(config.device)))
     device = pick_device(config.device)
+    if (done := runs.begin(out, config, force=force, device=str(device))) is not None:
+        return done
     x_tr, y_tr = _subset(*load_mnist("train"), config.limit_train)
     x_te, y_te = _subset(*load_mnist("test"), config.limit_test)
     histories: dict[str, list] = {"stn": [], "baseline": []}
@@ -322,7 +301,6 @@ def run(
         "stn": summarise_runs(histories["stn"]),
         "baseline": summarise_runs(histories["baseline"]),
         "deformations": stats,
-        "deformation_summary": describe_deformations(stats),
         "examples": examples,
         "padding": "grid_sample samples the un-normalised image (background 0 = zero padding); "
         "normalisation happens after the transformer",

@@ -111,12 +111,9 @@ def run(
     out = Path(out_dir)
     if config.optimizer not in OPTIMIZERS:
         raise MnistlabError(f"unknown optimizer {config.optimizer!r}; choose {OPTIMIZERS}")
-    if force:
-        runs.clear_run(out)
-    if runs.is_complete(out):
-        return runs.read_json(out / "metrics.json")
     device = pick_device(config.device)
-    runs.start_run(out, config, seed=config.seed, device=str(device))
+    if (done := runs.begin(out, config, force=force, device=str(device))) is not None:
+        return done
     t_start = time.perf_counter()
     progress.message("stn-deform: building the expanded train and test sets (cached)")
     t0 = time.perf_counter()

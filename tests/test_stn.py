@@ -7,7 +7,7 @@ from torch import nn
 
 from mnistlab.cli import main
 from mnistlab.models.stn import STNNet, to_input
-from mnistlab.report.sections import describe_deformations
+from mnistlab.report.sections import describe_deformations, explain_deform
 from mnistlab.studies import stn, stn_deform
 
 
@@ -127,7 +127,9 @@ def test_stn_deform_end_to_end(tmp_path, mnist, tmp_cache):
     m = stn_deform.run(cfg, tmp_path)
     assert m["n_train"] == 900 and m["n_test"] == 300
     assert set(m["final_test_acc"]["stn"]) == {"all", "original", "elastic", "zoom"}
-    assert any(line.startswith("Zoom-out: the STN") for line in m["explanation"])
+    acc = {k: {n: v[0] for n, v in m["final_test_acc"][k].items()} for k in ("stn", "baseline")}
+    lines = explain_deform(m["mean_scale_by_kind"], acc, m["zoom_factor"])
+    assert lines[0].startswith("Zoom-out: the STN")
     for f in ("accuracy_curves.png", "deform_examples.png", "scale_by_kind.png"):
         assert (tmp_path / f).is_file()
 
@@ -137,11 +139,15 @@ def test_explanation_follows_the_numbers():
         "stn": {"zoom": 0.9, "elastic": 0.95, "original": 0.99},
         "baseline": {"zoom": 0.8, "elastic": 0.96, "original": 0.99},
     }
-    undo = stn_deform.explain({"original": 1.0, "zoom": 0.3, "elastic": 1.0}, acc, 4.0)
+    undo = explain_deform({"original": 1.0, "zoom": 0.3, "elastic": 1.0}, acc, 4.0)
     assert "learned to undo much" in undo[0]
-    none = stn_deform.explain({"original": 1.0, "zoom": 0.98, "elastic": 1.0}, acc, 4.0)
+    none = explain_deform({"original": 1.0, "zoom": 0.98, "elastic": 1.0}, acc, 4.0)
     assert "did not learn" in none[0]
     assert "10.00 points better" in undo[1] and "1.00 points worse" in undo[2]
+    acc["stn"]["zoom"] = 0.7  # undoing the zoom but losing accuracy is called out
+    assert (
+        "did not pay off" in explain_deform({"original": 1.0, "zoom": 0.3, "elastic": 1}, acc, 4)[1]
+    )
 
 
 def test_cli_unknown_option_exits_2(capsys):

@@ -208,8 +208,14 @@ def _cmd_run_stn(args: argparse.Namespace) -> int:
             f"baseline {100 * b[0]:.2f} ± {100 * b[1]:.2f} % → {folder}"
         )
     else:
-        for line in metrics["explanation"][:1]:
-            print(f"stn-deform: {line}")
+        from mnistlab.report.sections import explain_deform
+
+        acc = {
+            m: {k: v[0] for k, v in metrics["final_test_acc"][m].items()}
+            for m in ("stn", "baseline")
+        }
+        zoom = metrics["zoom_factor"]
+        print(f"stn-deform: {explain_deform(metrics['mean_scale_by_kind'], acc, zoom)[0]}")
         print(f"stn-deform: results → {folder}")
     return 0
 

@@ -62,41 +62,6 @@ def _per_kind_final(histories: list[list[dict]]) -> dict[str, tuple[float, float
     return {k: mean_ci([h[-1][f"test_acc_{k}"] for h in histories]) for k in ("all", *KINDS)}
 
 
-def explain(scale: dict[str, float], acc: dict[str, dict[str, float]], zoom: float) -> list[str]:
-    """Plain-language findings generated from the measured scales and accuracies."""
-    lines = []
-    s_o, s_z, s_e = scale["original"], scale["zoom"], scale["elastic"]
-    rel = s_z / s_o if s_o else float("nan")
-    ideal = 1 / zoom
-    if rel <= 0.5 * (1 + ideal):  # at least half-way from "no change" (1) to full undo (1/zoom)
-        verdict = "learned to undo much of the zoom-out"
-    elif rel < 0.9:
-        verdict = "learned to undo part of the zoom-out"
-    else:
-        verdict = "did not learn to undo the zoom-out"
-    lines.append(
-        f"Zoom-out: the STN {verdict}. Its mean θ scale is {s_z:.3f} on zoomed-out test images "
-        f"vs {s_o:.3f} on originals (ratio {rel:.2f}; a full undo of a {zoom:g}× zoom-out "
-        f"would need a ratio of {ideal:.2f}). The output is magnified {1 / rel:.2f}× relative to "
-        f"originals, not {zoom:g}×."
-    )
-    stn, base = acc["stn"], acc["baseline"]
-    for kind in ("zoom", "elastic", "original"):
-        diff = 100 * (stn[kind] - base[kind])
-        word = "better" if diff > 0 else "worse"
-        lines.append(
-            f"Accuracy on {kind} test images: {100 * stn[kind]:.2f} % with the STN vs "
-            f"{100 * base[kind]:.2f} % without ({abs(diff):.2f} points {word})."
-        )
-    lines.append(
-        f"Elastic: the STN's mean θ scale on elastic images is {s_e:.3f} (originals {s_o:.3f}). "
-        "An affine transformer applies one global rotation/scale/shear/shift per image; the "
-        "random-grid elastic warp bends strokes locally in different directions, which no "
-        "single affine map can undo — at most the STN re-centres or rescales the digit."
-    )
-    return lines
-
-
 def run(
     config: STNDeformConfig,
     out_dir: Path | str,
@@ -146,7 +111,6 @@ def run(
         scale[name] = float(iso[mask].mean())
         scale_lists[name] = iso[mask].tolist()
         by_kind[name] = deformation_stats({p: v[mask] for p, v in parts.items()})
-    acc = {m: {k: v[0] for k, v in _per_kind_final(h).items()} for m, h in histories.items()}
     stn_figures.accuracy_curves(out, histories, "stn-deform", kinds=("all", *KINDS))
     stn_figures.kind_examples(out, test.images, warped, test.kind, ("zoom", "elastic", "original"))
     stn_figures.scale_by_kind(out, scale_lists)
@@ -164,7 +128,7 @@ def run(
         },
         "mean_scale_by_kind": scale,
         "deformations_by_kind": by_kind,
-        "explanation": explain(scale, acc, config.zoom_factor),
+        "zoom_factor": config.zoom_factor,
         "epoch_seconds": {
             m: sum(r["epoch_seconds"] for x in h for r in x) / sum(len(x) for x in h)
             for m, h in histories.items()

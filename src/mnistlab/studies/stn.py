@@ -240,6 +240,15 @@ def load_trained(ckpt: Path, use_stn: bool, device: torch.device) -> STNNet:
     return model.eval()
 
 
+def begin_run(config: Any, out: Path, force: bool) -> tuple[torch.device, dict | None]:
+    """Shared opening of both STN studies: check the optimizer name, choose the device once,
+    and open the run folder (None = train; a dict = the finished run's metrics)."""
+    if config.optimizer not in OPTIMIZERS:
+        raise MnistlabError(f"unknown optimizer {config.optimizer!r}; choose {OPTIMIZERS}")
+    device = pick_device(config.device)
+    return device, runs.begin(out, config, force=force, device=str(device))
+
+
 def summarise_runs(histories: list[list[dict]]) -> dict[str, Any]:
     """Final and best test accuracy (mean ± 95% CI over seeds)."""
     final = [h[-1]["test_acc_all"] for h in histories]
@@ -267,10 +276,8 @@ def run(
 
     progress = progress or Progress()
     out = Path(out_dir)
-    if config.optimizer not in OPTIMIZERS:
-        raise MnistlabError(f"unknown optimizer {config.optimizer!r}; choose {OPTIMIZERS}")
-    device = pick_device(config.device)
-    if (done := runs.begin(out, config, force=force, device=str(device))) is not None:
+    device, done = begin_run(config, out, force)
+    if done is not None:
         return done
     x_tr, y_tr = _subset(*load_mnist("train"), config.limit_train)
     x_te, y_te = _subset(*load_mnist("test"), config.limit_test)

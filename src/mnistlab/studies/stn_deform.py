@@ -17,18 +17,16 @@ import torch
 
 from mnistlab import runs
 from mnistlab.data import KINDS, DeformParams, expand, load_mnist
-from mnistlab.errors import MnistlabError
 from mnistlab.progress import Progress
 from mnistlab.stats import mean_ci
 from mnistlab.studies.stn import (
-    OPTIMIZERS,
+    begin_run,
     decompose_theta,
     deformation_stats,
     load_trained,
     thetas_and_outputs,
     train_model,
 )
-from mnistlab.train.loop import pick_device
 
 STUDY = "stn-deform"
 
@@ -74,10 +72,8 @@ def run(
 
     progress = progress or Progress()
     out = Path(out_dir)
-    if config.optimizer not in OPTIMIZERS:
-        raise MnistlabError(f"unknown optimizer {config.optimizer!r}; choose {OPTIMIZERS}")
-    device = pick_device(config.device)
-    if (done := runs.begin(out, config, force=force, device=str(device))) is not None:
+    device, done = begin_run(config, out, force)
+    if done is not None:
         return done
     t_start = time.perf_counter()
     progress.message("stn-deform: building the expanded train and test sets (cached)")

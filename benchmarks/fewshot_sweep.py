@@ -12,11 +12,11 @@ import time
 import torch
 
 from mnistlab.data import load_mnist
-from mnistlab.data.mnist import cache_dir
-from mnistlab.models.backbones import build_model, head_of, resolve_weights
+from mnistlab.models.backbones import build_model, head_of, new_linear, resolve_weights
 from mnistlab.progress import Progress
 from mnistlab.runs import atomic_write_json
-from mnistlab.studies.fewshot import FewshotConfig, _features, new_head, seed_splits
+from mnistlab.studies.fewshot import FewshotConfig, _features, seed_splits
+from mnistlab.train.features import FrozenFeatures
 from mnistlab.train.loop import evaluate, train_epoch
 
 
@@ -38,14 +38,10 @@ def main() -> None:
     pool = torch.unique(
         torch.cat([torch.cat([s["val"], *s["sizes"].values()]) for s in splits.values()])
     )
-    dev = torch.device("cpu")
+    frozen = FrozenFeatures(model, model.head_path, torch.device("cpu"), "bf16")
     p = Progress()
-    pf = _features(
-        cfg, args.backbone, w, model, x[pool], "pool", cache_dir() / "features", dev, "bf16", p
-    )
-    tf = _features(
-        cfg, args.backbone, w, model, xt, "test", cache_dir() / "features", dev, "bf16", p
-    )
+    pf = _features(args.backbone, w.digest, frozen, x[pool], "pool", 64, p)
+    tf = _features(args.backbone, w.digest, frozen, xt, "test", 64, p)
     row = torch.full((len(y),), -1, dtype=torch.long)
     row[pool] = torch.arange(len(pool))
     results = []
@@ -54,7 +50,7 @@ def main() -> None:
             for seed, sp in splits.items():
                 for n in cfg.sizes:
                     idx = sp["sizes"][n]
-                    head = new_head(head_of(model).in_features, seed)
+                    head = new_linear(head_of(model).in_features, 10, seed)
                     opt = (
                         torch.optim.Adam(head.parameters(), lr=lr)
                         if opt_name == "adam"

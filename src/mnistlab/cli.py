@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -321,7 +322,7 @@ def _cmd_run_all(args: argparse.Namespace) -> int:
     def execute(study, config, runner, *, force):
         return execute_study(study, config, runner, results=root, force=force)
 
-    t0 = __import__("time").perf_counter()
+    t0 = time.perf_counter()
     suite.run_all(
         profile=args.profile,
         root=root,
@@ -331,7 +332,7 @@ def _cmd_run_all(args: argparse.Namespace) -> int:
         execute=execute,
     )
     html_path, md_path = build_report(root)
-    took = __import__("time").perf_counter() - t0
+    took = time.perf_counter() - t0
     print(
         f"run all ({args.profile}): finished in {took / 60:.1f} min; report: {html_path} "
         f"and {md_path}"

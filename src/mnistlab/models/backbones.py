@@ -14,7 +14,9 @@ order — never silently random:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -117,9 +119,6 @@ def _try_torchvision(bb: Backbone, download: bool) -> ResolvedWeights | None:
     if not path.is_file():
         if not download:
             return None
-        import contextlib
-        import io
-
         try:  # torch.hub announces the download on stdout: keep that quiet when it fails
             with contextlib.redirect_stdout(io.StringIO()):
                 weights.get_state_dict(progress=False, check_hash=True)
@@ -223,15 +222,21 @@ def build_model(
         load_state_strict(model, weights.state_dict, f"weights ({weights.source}) for {name}")
     old = model.get_submodule(bb.head)
     model.requires_grad_(False)
-    head = nn.Linear(old.in_features, num_classes)
+    _set_module(model, bb.head, new_linear(old.in_features, num_classes, seed))
+    model.head_path = bb.head
+    return model
+
+
+def new_linear(in_features: int, num_classes: int, seed: int) -> nn.Linear:
+    """A fresh output layer with torch's default Linear init, drawn from a seeded generator
+    (the same seed gives the same layer, whatever else used the global RNG)."""
+    head = nn.Linear(in_features, num_classes)
     g = torch.Generator().manual_seed(seed)
-    bound = 1 / old.in_features**0.5  # torch's default Linear init, drawn from our generator
+    bound = 1 / in_features**0.5
     with torch.no_grad():
         head.weight.uniform_(-bound, bound, generator=g)
         head.bias.uniform_(-bound, bound, generator=g)
-    _set_module(model, bb.head, head)
-    model.head_path = bb.head
-    return model
+    return head
 
 
 def head_of(model: nn.Module) -> nn.Linear:

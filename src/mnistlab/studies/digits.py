@@ -191,13 +191,8 @@ def _cv_score(cfg: DigitsConfig, data: Data, hp: dict, trial=None) -> dict:
     """Stratified K-fold: train on K-1 folds, early-stop and score on the held-out fold."""
     accs, epochs = [], []
     folds = stratified_kfold(data.y_train, cfg.folds, seed=cfg.seed)
-    fcfg = FitConfig(
-        lr=hp["lr"],
-        l2=hp["l2"],
-        batch_size=hp["batch_size"],
-        max_epochs=cfg.tune_max_epochs,
-        patience=cfg.tune_patience,
-        eval_train=False,
+    fcfg = _fit_cfg(
+        cfg, hp, max_epochs=cfg.tune_max_epochs, patience=cfg.tune_patience, eval_train=False
     )
     for k, (tr, va) in enumerate(folds):
         model = build_mlp(MLPConfig(n_classes=_n_classes(cfg)), seed=cfg.seed + k)

@@ -25,7 +25,13 @@ from torch import nn
 from mnistlab import runs
 from mnistlab.data import balanced_subset, load_mnist
 from mnistlab.errors import MnistlabError
-from mnistlab.models.backbones import build_model, get_backbone, head_of, resolve_weights
+from mnistlab.models.backbones import (
+    build_model,
+    get_backbone,
+    head_of,
+    new_linear,
+    resolve_weights,
+)
 from mnistlab.progress import Progress
 from mnistlab.stats import mean_ci
 from mnistlab.train.features import (
@@ -85,17 +91,6 @@ def seed_splits(labels: torch.Tensor, cfg: FewshotConfig) -> dict[int, dict[str,
     return out
 
 
-def new_head(in_features: int, seed: int, num_classes: int = 10) -> nn.Linear:
-    """Seeded ``Linear(in, 10)`` with torch's default init (same as ``build_model``'s head)."""
-    head = nn.Linear(in_features, num_classes)
-    g = torch.Generator().manual_seed(seed)
-    bound = 1 / in_features**0.5
-    with torch.no_grad():
-        head.weight.uniform_(-bound, bound, generator=g)
-        head.bias.uniform_(-bound, bound, generator=g)
-    return head
-
-
 def train_head(
     head: nn.Linear,
     train: tuple,
@@ -139,22 +134,34 @@ def best_of(history: list[dict], key: str) -> dict:
 
 
 def _features(
-    cfg, name, weights, model, images, labels_digest_tag, out_cache, device, precision, progress
+    name: str,
+    weights_digest: str,
+    extractor: FrozenFeatures,
+    images: torch.Tensor,
+    tag: str,
+    batch_size: int,
+    progress: Progress,
 ) -> torch.Tensor:
-    extractor = FrozenFeatures(model, model.head_path, device, precision, cfg.image_size)
+    """Features of ``images`` from the tool's feature cache, computed and stored on a miss."""
+    from mnistlab.data.mnist import cache_dir
+
     key = feature_key(
-        name, weights.digest, preprocessing_spec(cfg.image_size), precision, images_digest(images)
+        name,
+        weights_digest,
+        preprocessing_spec(extractor.size),
+        extractor.precision,
+        images_digest(images),
     )
     feats, hit = cached_features(
-        out_cache,
+        cache_dir() / "features",
         key,
         lambda: extractor.extract(
-            images, cfg.extract_batch, progress, f"fewshot: {name} features ({labels_digest_tag})"
+            images, batch_size, progress, f"fewshot: {name} features ({tag})"
         ),
         progress,
     )
     if hit:
-        progress.message(f"fewshot: {name} {labels_digest_tag} features loaded from cache")
+        progress.message(f"fewshot: {name} {tag} features loaded from cache")
     return feats
 
 
@@ -178,25 +185,12 @@ def run_backbone(name: str, cfg: FewshotConfig, out: Path, progress: Progress) -
         torch.cat([torch.cat([sp["val"], *sp["sizes"].values()]) for sp in splits.values()])
     )
     extract_seconds = 0.0
+    frozen = FrozenFeatures(model, model.head_path, device, precision, cfg.image_size)
     if cfg.cache:
-        from mnistlab.data.mnist import cache_dir
-
-        feat_dir = cache_dir() / "features"
         te = time.perf_counter()
-        pool_feats = _features(
-            cfg,
-            name,
-            weights,
-            model,
-            x_train[pool],
-            "train pool",
-            feat_dir,
-            device,
-            precision,
-            progress,
-        )
-        test_feats = _features(
-            cfg, name, weights, model, x_test, "test", feat_dir, device, precision, progress
+        pool_feats, test_feats = (
+            _features(name, weights.digest, frozen, images, tag, cfg.extract_batch, progress)
+            for images, tag in ((x_train[pool], "train pool"), (x_test, "test"))
         )
         extract_seconds = time.perf_counter() - te
         row_of = torch.full((len(y_train),), -1, dtype=torch.long)
@@ -205,7 +199,6 @@ def run_backbone(name: str, cfg: FewshotConfig, out: Path, progress: Progress) -
         test = (test_feats, y_test)
         transform = None
     else:
-        frozen = FrozenFeatures(model, model.head_path, device, precision, cfg.image_size)
         inputs = lambda idx: x_train[idx]  # noqa: E731
         test = (x_test, y_test)
         transform = frozen
@@ -220,7 +213,7 @@ def run_backbone(name: str, cfg: FewshotConfig, out: Path, progress: Progress) -
             per_lr = {}
             for lr in sorted({cfg.lr, *cfg.lr_grid}):
                 per_lr[lr] = train_head(
-                    new_head(in_features, seed),
+                    new_linear(in_features, 10, seed),
                     train,
                     val,
                     test,

@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # no display on servers or CI; must precede pyplot
 import matplotlib.pyplot as plt
 import numpy as np
 
-from mnistlab.runs import atomic_write_bytes
+from mnistlab.io import atomic_write_bytes
 
 KIND_COLOURS = {"original": "#1f77b4", "elastic": "#ff7f0e", "zoom": "#2ca02c"}
 

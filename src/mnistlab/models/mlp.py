@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from mnistlab.errors import MnistlabError
+from mnistlab.models import stack as S
 
 
 @dataclass(frozen=True)
@@ -79,3 +80,33 @@ def build_mlp(config: MLPConfig, seed: int) -> MLP:
     model = MLP(config)
     xavier_init(model, torch.Generator().manual_seed(seed))
     return model
+
+
+class StackedMLP:
+    """K members of the MLP's top blocks ``first..`` plus the output layer, as one network.
+
+    ``prefix`` names the block list in the solo state dict (``hidden`` for :class:`MLP`,
+    ``stack`` for the transfer study's reused stacks); blocks below ``first`` are frozen and
+    run outside (shared by every member). Per-member dropout rates come with the step's noise.
+    """
+
+    def __init__(self, config: MLPConfig, prefix: str = "hidden", first: int = 0):
+        self.config, self.prefix, self.first = config, prefix, first
+
+    def decays(self, name: str) -> bool:
+        """L2 on weight matrices only (not biases or batch-norm scales)."""
+        return name == "head.weight" or (
+            name.startswith(self.prefix) and name.endswith(".0.weight")
+        )
+
+    def forward(self, p: dict[str, torch.Tensor], x: torch.Tensor, step: S.Step) -> torch.Tensor:
+        """Logits ``[K, B, classes]`` for inputs ``[K, B, width of block first]``."""
+        h = x.flatten(2)
+        for i in range(self.first, len(self.config.hidden)):
+            h = S.linear(h, p, f"{self.prefix}.{i}.0")
+            if self.config.batch_norm:
+                h = S.batch_norm(h, p, f"{self.prefix}.{i}.1", step)
+            h = torch.relu(h)
+            if step.noise is not None and (m := step.noise.keep((h.shape[2],))) is not None:
+                h = h * m
+        return S.linear(h, p, "head")

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mnistlab.models import stack as S
+
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 IDENTITY_THETA = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
@@ -84,7 +86,70 @@ class STNNet(nn.Module):
 
 
 def to_input(images: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
-    """uint8 ``[B, 28, 28]`` → float ``[B, 1, 28, 28]`` in [0, 1], on the device, per batch."""
+    """uint8 ``[..., 28, 28]`` → float ``[..., 1, 28, 28]`` in [0, 1], on the device."""
     if device is not None:
         images = images.to(device, non_blocking=True)
-    return images.unsqueeze(1).float().div_(255.0)
+    return images.unsqueeze(-3).float() / 255.0
+
+
+def init_stn(use_stn: bool, seed: int) -> STNNet:
+    """The tutorial's initialisation (torch's defaults) drawn from ``seed`` alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return STNNet(use_stn)
+
+
+def _pool_relu(g: torch.Tensor) -> torch.Tensor:
+    return F.relu(F.max_pool2d(g, 2))
+
+
+class StackedSTN:
+    """K members of :class:`STNNet` (with or without the transformer) as one grouped network.
+
+    Same function per member as the solo module (``tests/test_engine.py`` checks logits and
+    gradients against it); channels-last grouped convolutions where the device likes them.
+    """
+
+    dropout = 0.5  # the tutorial's Dropout2d and dropout before fc2
+
+    def __init__(self, use_stn: bool, device: torch.device):
+        self.use_stn = use_stn
+        cl = device.type in ("cpu", "cuda")
+        self.memory_format = torch.channels_last if cl else torch.contiguous_format
+
+    def decays(self, name: str) -> bool:
+        return name.endswith("weight")  # every conv and linear kernel (L2 applies to those)
+
+    def theta(self, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """``[K, B, 2, 3]`` affine matrices for inputs ``[K, B, 1, 28, 28]`` in [0, 1]."""
+        k, b = x.shape[:2]
+        g = S.to_groups(STNNet.normalise(x), self.memory_format)
+        g = _pool_relu(S.conv2d(g, p, "localization.0", self.memory_format))
+        g = _pool_relu(S.conv2d(g, p, "localization.3", self.memory_format))
+        h = g.reshape(b, k, -1).transpose(0, 1)
+        h = F.relu(S.linear(h, p, "fc_loc.0"))
+        return S.linear(h, p, "fc_loc.2").view(k, b, 2, 3)
+
+    def transform(self, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        k, b = x.shape[:2]
+        theta = self.theta(p, x).reshape(k * b, 2, 3)
+        flat = x.reshape(k * b, *x.shape[2:])
+        grid = F.affine_grid(theta, list(flat.shape), align_corners=False)
+        out = F.grid_sample(flat, grid, align_corners=False, padding_mode="zeros")
+        return out.view_as(x)
+
+    def forward(self, p: dict[str, torch.Tensor], x: torch.Tensor, step: S.Step) -> torch.Tensor:
+        """Logits ``[K, B, 10]`` for images ``[K, B, 1, 28, 28]`` in [0, 1]."""
+        k, b = x.shape[:2]
+        if self.use_stn:
+            x = self.transform(p, x)
+        mf = self.memory_format
+        g = _pool_relu(S.conv2d(S.to_groups(STNNet.normalise(x), mf), p, "classifier.conv1", mf))
+        g = S.conv2d(g, p, "classifier.conv2", mf)
+        if step.noise is not None and (m := step.noise.keep((g.shape[1] // k,))) is not None:
+            g = g * m.transpose(0, 1).reshape(b, -1, 1, 1)  # Dropout2d: whole channels
+        h = _pool_relu(g).reshape(b, k, -1).transpose(0, 1)
+        h = F.relu(S.linear(h, p, "classifier.fc1"))
+        if step.noise is not None and (m := step.noise.keep((h.shape[2],))) is not None:
+            h = h * m
+        return S.linear(h, p, "classifier.fc2")

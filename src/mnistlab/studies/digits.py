@@ -1,309 +1,171 @@
-"""Digits 0–4 → 5–9: the 5×100 MLP, CV tuning, batch norm, dropout (part 1, here), and the
-transfer variants (part 2, :mod:`mnistlab.studies.digits_transfer`).
+"""Digits 0–4 → 5–9: the 5×100 MLP, CV tuning, batch norm, dropout (part 1, here), the transfer
+variants (part 2, :mod:`mnistlab.studies.digits_transfer`), and the table of parts.
 
-Each part writes its own result file under ``<out>/<part>/`` (atomically) and is skipped when
-that file exists, so parts can run alone (``--part``), depend on one another (batch norm needs
-the tuned hyper-parameters, transfer needs the tuned model) and resume after an interruption.
+Each part writes its own verified result file under ``<out>/<part>/`` and is skipped when that
+file exists, so parts can run alone (``--part``), depend on one another (batch norm needs the
+tuned hyper-parameters, transfer needs the tuned model) and resume after an interruption.
+Every training goes through the engine; models of one shape train together (the K folds of a
+tuning trial, the dropout rates).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from mnistlab import runs
-from mnistlab.data import (
-    check_disjoint,
-    load_mnist,
-    parse_digits,
-    select_digits,
-    stratified_kfold,
-    stratified_split,
-)
-from mnistlab.errors import MnistlabError
-from mnistlab.models.mlp import MLP, MLPConfig, build_mlp
-from mnistlab.models.state import load_state_strict
+from mnistlab.data import load_mnist, mnist_info, stratified_split
+from mnistlab.models.mlp import MLP, MLPConfig, StackedMLP, build_mlp
 from mnistlab.progress import Progress
-from mnistlab.stats import mean_sd
-from mnistlab.train.checkpoint import load_checkpoint, save_checkpoint
-from mnistlab.train.fit import FitConfig, fit
-from mnistlab.train.loop import evaluate
+from mnistlab.progress import default as default_progress
+from mnistlab.studies import digits_transfer, digits_tune
+from mnistlab.studies.digits_common import (
+    STUDY,
+    VARIANTS,
+    Data,
+    DigitsConfig,
+    load_digits,
+    mlp_config,
+    test_metrics,
+    to_flat,
+)
+from mnistlab.train.checkpoint import save_checkpoint
+from mnistlab.train.devices import pick_device
+from mnistlab.train.engine import EpochInfo, Member, Pool, Schedule, StackResult, train_stack
 
-STUDY = "digits"
-PARTS = ("pretrain", "tune", "batchnorm", "dropout", "transfer", "cache", "reuse4", "unfreeze")
-VARIANTS = ("scratch", "frozen5", "cached5", "reuse4", "unfreeze2")
-VARIANT_LABELS = {
-    "scratch": "from scratch (no transfer)",
-    "frozen5": "5 frozen reused layers",
-    "cached5": "5 frozen layers, cached outputs",
-    "reuse4": "4 frozen reused layers",
-    "unfreeze2": "best + top two unfrozen",
-}
-
-
-@dataclass(frozen=True)
-class DigitsConfig:
-    """Every knob of the study; the results folder is the hash of all of them."""
-
-    source_digits: str = "0-4"
-    target_digits: str = "5-9"
-    seed: int = 0
-    # Part 1: baseline pre-training
-    val_fraction: float = 0.1
-    lr: float = 1e-3
-    l2: float = 1e-5
-    batch_size: int = 64
-    max_epochs: int = 40
-    patience: int = 5
-    checkpoint_every: int = 5
-    # Part 1: cross-validated tuning (Optuna TPE)
-    trials: int = 12
-    folds: int = 3
-    tune_max_epochs: int = 12
-    tune_patience: int = 3
-    # Part 1: batch norm and dropout
-    target_val_acc: float = 0.98
-    dropout_rates: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5)
-    # Part 2: transfer
-    per_digit: int = 100
-    val_per_digit: int = 200
-    transfer_seeds: int = 5
-    transfer_batch_size: int = 50
-    # The source-tuned lr (~1e-3) left the frozen heads still improving at a 300-epoch cap;
-    # 1e-2 lets every variant stop by patience. One lr and one stopping rule for all variants.
-    transfer_lr: float = 1e-2
-    transfer_max_epochs: int = 500
-    transfer_patience: int = 20
-    transfer_min_delta: float = 1e-3  # val-loss improvement that resets the patience counter
-    unfreeze_lr_factor: float = 0.1
-    # Tests only: keep the first N images of each split (None = all)
-    limit: int | None = None
+__all__ = ["PARTS", "STUDY", "VARIANTS", "DigitsConfig", "run"]
 
 
 @dataclass
-class Data:
-    x_train: torch.Tensor  # float [N, 784] in [0, 1]
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
+class Context:
+    """What every part gets: the config, the run folder, data on demand, other parts' results."""
+
+    cfg: DigitsConfig
+    out: Path
+    device: torch.device
+    progress: Progress
+    data_dir: Path | str | None
+    result: Callable[[str], dict]  # another part's (or variant's) result, computed if needed
+    _source: Data | None = None
+
+    @property
+    def source(self) -> Data:
+        if self._source is None:
+            self._source = load_digits(self.cfg.source_digits, self.cfg.limit, self.data_dir)
+        return self._source
 
 
-def load_digits(digits: str, limit: int | None = None) -> Data:
-    """The images of ``digits`` as flat floats with labels remapped to 0..k-1."""
-    parts = []
-    for split in ("train", "test"):
-        images, labels = load_mnist(split)
-        if limit is not None:
-            images, labels = images[:limit], labels[:limit]
-        idx, y = select_digits(labels, digits)
-        parts += [images[idx].reshape(len(idx), -1).float().div_(255.0), y]
-    return Data(*parts)
+def source_split(ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
+    return stratified_split(ctx.source.y_train, ctx.cfg.val_fraction, seed=ctx.cfg.seed)
 
 
-def macro_precision(y_true: torch.Tensor, y_pred: torch.Tensor) -> float:
-    from sklearn.metrics import precision_score
-
-    return float(precision_score(y_true.numpy(), y_pred.numpy(), average="macro", zero_division=0))
-
-
-def _test_metrics(model: nn.Module, data: Data) -> dict[str, float]:
-    ev = evaluate(model, data.x_test, data.y_test)
-    return {
-        "test_acc": ev.acc,
-        "test_precision": macro_precision(data.y_test, ev.preds),
-        "test_loss": ev.loss,
-    }
-
-
-def _fit_cfg(cfg: DigitsConfig, hp: dict[str, Any], **over: Any) -> FitConfig:
-    base = FitConfig(
-        lr=hp["lr"],
-        l2=hp["l2"],
-        batch_size=hp["batch_size"],
-        max_epochs=cfg.max_epochs,
-        patience=cfg.patience,
+def fit_variants(
+    ctx: Context,
+    configs: dict[str, MLPConfig],
+    hp: dict[str, Any],
+    *,
+    description: str,
+    checkpoints: Path | None = None,
+    on_epoch: Callable[[EpochInfo], bool | None] | None = None,
+) -> StackResult:
+    """Train same-shaped MLPs (they may differ in dropout rate) together on the fixed 90/10
+    split: early stopping on validation loss, best weights restored, eval-mode metrics on
+    the training part every epoch (for learning curves and overfitting gaps)."""
+    tr, va = source_split(ctx)
+    members = [
+        Member(
+            seed=ctx.cfg.seed,
+            state=build_mlp(c, seed=ctx.cfg.seed).state_dict(),
+            train=tr,
+            lr=hp["lr"],
+            weight_decay=hp["l2"],
+            dropout=c.dropout,
+            evals={"val": va, "train_eval": tr},
+            meta={"variant": name},
+        )
+        for name, c in configs.items()
+    ]
+    shape = next(iter(configs.values()))
+    return train_stack(
+        StackedMLP(shape),
+        members,
+        Pool(ctx.source.x_train, ctx.source.y_train),
+        Schedule(
+            epochs=ctx.cfg.max_epochs,
+            batch_size=hp["batch_size"],
+            patience=ctx.cfg.patience,
+            restore_best=True,
+        ),
+        trainable={n for n, _ in MLP(shape).named_parameters()},
+        device=ctx.device,
+        prepare=to_flat,
+        checkpoint=checkpoints,
+        progress=ctx.progress,
+        description=description,
+        on_epoch=on_epoch,
     )
-    return replace(base, **over)
 
 
-def _source_split(cfg: DigitsConfig, data: Data) -> tuple[torch.Tensor, torch.Tensor]:
-    return stratified_split(data.y_train, cfg.val_fraction, seed=cfg.seed)
-
-
-def _n_classes(cfg: DigitsConfig) -> int:
-    return len(parse_digits(cfg.source_digits))
-
-
-def load_model(path: Path | str, expect: MLPConfig | None = None) -> MLP:
-    """Rebuild an MLP from a standalone checkpoint (``best.pt``, ``final.pt``, ``epoch_N.pt``)."""
-    state = load_checkpoint(path)
-    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
-        raise MnistlabError(f"{path} is not an mnistlab MLP checkpoint")
-    try:
-        config = MLPConfig.from_dict(state["config"])
-    except TypeError:
-        raise MnistlabError(f"{path} is a checkpoint of another architecture") from None
-    if expect is not None and config != expect:
-        raise MnistlabError(f"{path} holds a {config} model, expected {expect}")
+def _model(config: MLPConfig, state: dict[str, torch.Tensor]) -> MLP:
     model = MLP(config)
-    load_state_strict(model, state["model"], str(path))
+    model.load_state_dict(state)
     return model.eval()
 
 
 # ---------------------------------------------------------------------------------- part 1
 
 
-def _part_pretrain(cfg: DigitsConfig, data: Data, out: Path, progress: Progress) -> dict:
-    folder = out / "pretrain"
-    tr, va = _source_split(cfg, data)
-    mcfg = MLPConfig(n_classes=_n_classes(cfg))
-    model = build_mlp(mcfg, seed=cfg.seed)
-    hp = {"lr": cfg.lr, "l2": cfg.l2, "batch_size": cfg.batch_size}
-    res = fit(
-        model,
-        (data.x_train[tr], data.y_train[tr]),
-        (data.x_train[va], data.y_train[va]),
-        _fit_cfg(cfg, hp),
-        seed=cfg.seed,
-        ckpt_dir=folder / "checkpoints",
-        checkpoint_every=cfg.checkpoint_every,
-        model_config=mcfg.to_dict(),
-        progress=progress,
+def part_pretrain(ctx: Context) -> dict:
+    """The baseline MLP with the study's checkpoints: every ``checkpoint_every`` epochs, the
+    best so far and the final epoch — each a standalone model file."""
+    folder = ctx.out / "pretrain"
+    ckpts = folder / "checkpoints"
+    mcfg = mlp_config(ctx.cfg)
+    hp = {"lr": ctx.cfg.lr, "l2": ctx.cfg.l2, "batch_size": ctx.cfg.batch_size}
+
+    def export(info: EpochInfo) -> None:
+        state = info.stack.state(0)
+
+        def save(name: str, kind: str) -> None:
+            save_checkpoint(
+                ckpts / name,
+                {
+                    "config": mcfg.to_dict(),
+                    "model": state,
+                    "epoch": info.epoch,
+                    "kind": kind,
+                    "metrics": info.rows[0],
+                },
+            )
+
+        if info.improved[0]:
+            save("best.pt", "best")
+        if info.epoch % ctx.cfg.checkpoint_every == 0:
+            save(f"epoch_{info.epoch:03d}.pt", "epoch")
+        if info.last:
+            save("final.pt", "final")
+
+    res = fit_variants(
+        ctx,
+        {"baseline": mcfg},
+        hp,
         description="digits: pretrain baseline",
+        checkpoints=ckpts / "resume.pt",
+        on_epoch=export,
     )
     runs.atomic_write_csv(folder / "history.csv", res.history)
     return {
         "hyperparameters": hp,
-        "best_epoch": res.best_epoch,
-        "epochs_run": res.epochs_run,
+        "best_epoch": res.best_epoch[0],
+        "epochs_run": res.epochs_run[0],
         "seconds": res.seconds,
-        **_test_metrics(model, data),
-        "checkpoints": sorted(p.name for p in (folder / "checkpoints").glob("*.pt")),
-    }
-
-
-def _cv_score(cfg: DigitsConfig, data: Data, hp: dict, trial=None) -> dict:
-    """Stratified K-fold: train on K-1 folds, early-stop and score on the held-out fold."""
-    accs, epochs = [], []
-    folds = stratified_kfold(data.y_train, cfg.folds, seed=cfg.seed)
-    fcfg = _fit_cfg(
-        cfg, hp, max_epochs=cfg.tune_max_epochs, patience=cfg.tune_patience, eval_train=False
-    )
-    for k, (tr, va) in enumerate(folds):
-        model = build_mlp(MLPConfig(n_classes=_n_classes(cfg)), seed=cfg.seed + k)
-        val = (data.x_train[va], data.y_train[va])
-        res = fit(model, (data.x_train[tr], data.y_train[tr]), val, fcfg, seed=cfg.seed + k)
-        accs.append(evaluate(model, *val).acc)
-        epochs.append(res.best_epoch)
-        if trial is not None:
-            import optuna
-
-            trial.report(sum(accs) / len(accs), k)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-    return {"fold_acc": accs, "best_epochs": epochs}
-
-
-def _part_tune(cfg: DigitsConfig, data: Data, out: Path, progress: Progress) -> dict:
-    import optuna
-
-    folder = out / "tune"
-    folder.mkdir(parents=True, exist_ok=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = f"sqlite:///{(folder / 'optuna.db').resolve()}"
-    study = optuna.create_study(
-        study_name="digits-cv",
-        storage=storage,
-        direction="maximize",
-        load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=cfg.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0),
-    )
-
-    def objective(trial: optuna.Trial) -> float:
-        hp = {
-            "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
-            "l2": trial.suggest_float("l2", 1e-7, 1e-3, log=True),
-            "batch_size": trial.suggest_categorical("batch_size", [32, 64, 128, 256]),
-        }
-        res = _cv_score(cfg, data, hp, trial)
-        trial.set_user_attr("fold_acc", res["fold_acc"])
-        trial.set_user_attr("best_epochs", res["best_epochs"])
-        return sum(res["fold_acc"]) / len(res["fold_acc"])
-
-    finished = [t for t in study.trials if t.state.is_finished()]
-    remaining = max(0, cfg.trials - len(finished))
-    task = progress.task("digits: tune (Optuna TPE, K-fold)", cfg.trials)
-    task.advance(cfg.trials - remaining)
-    if remaining:
-        study.optimize(objective, n_trials=remaining, callbacks=[lambda s, t: task.advance(1)])
-    task.done()
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not complete:
-        raise MnistlabError("tuning finished no trial; raise --trials")
-    best = study.best_trial
-    hp = {"lr": best.params["lr"], "l2": best.params["l2"], "batch_size": best.params["batch_size"]}
-    cv_mean, cv_sd = mean_sd(best.user_attrs["fold_acc"])
-    epochs = max(1, round(sum(best.user_attrs["best_epochs"]) / cfg.folds))
-    # Retrain on the whole source training set for the CV-chosen number of epochs (no
-    # validation data is left to early-stop on, so the folds' best epochs decide).
-    mcfg = MLPConfig(n_classes=_n_classes(cfg))
-    model = build_mlp(mcfg, seed=cfg.seed)
-    train = (data.x_train, data.y_train)
-    # No validation data is left to early-stop on: train exactly `epochs` epochs, keep the last.
-    fcfg = replace(
-        _fit_cfg(cfg, hp),
-        max_epochs=epochs,
-        patience=epochs + 1,
-        eval_train=False,
-        restore_best=False,
-    )
-    res = fit(
-        model,
-        train,
-        train,
-        fcfg,
-        seed=cfg.seed,
-        progress=progress,
-        description="digits: retrain tuned",
-    )
-    save_checkpoint(
-        folder / "model.pt",
-        {
-            "config": mcfg.to_dict(),
-            "model": model.state_dict(),
-            "epoch": res.epochs_run,
-            "kind": "tuned",
-        },
-    )
-    trials = [
-        {
-            "number": t.number,
-            "state": t.state.name,
-            "value": t.value,
-            **t.params,
-            "fold_acc": t.user_attrs.get("fold_acc"),
-        }
-        for t in study.trials
-    ]
-    runs.atomic_write_csv(folder / "trials.csv", trials)
-    return {
-        "best": hp,
-        "cv_mean_acc": cv_mean,
-        "cv_sd_acc": cv_sd,
-        "folds": cfg.folds,
-        "fold_acc": best.user_attrs["fold_acc"],
-        "retrain_epochs": epochs,
-        "n_trials": len(study.trials),
-        "n_complete": len(complete),
-        "n_pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
-        "seconds_retrain": res.seconds,
-        **_test_metrics(model, data),
+        **test_metrics(_model(mcfg, res.states[0]), ctx.source.x_test, ctx.source.y_test),
+        "checkpoints": sorted(p.name for p in ckpts.glob("*.pt") if p.name != "resume.pt"),
     }
 
 
@@ -311,68 +173,83 @@ def _epochs_to(history: list[dict], target: float) -> int | None:
     return next((int(r["epoch"]) for r in history if r["val_acc"] >= target), None)
 
 
-def _train_variant(
-    cfg: DigitsConfig,
-    data: Data,
-    hp: dict,
-    mcfg: MLPConfig,
-    progress: Progress,
-    name: str,
-    folder: Path,
-) -> dict:
-    """Train one Part-1 variant on the fixed split; history CSV + summary."""
-    tr, va = _source_split(cfg, data)
-    model = build_mlp(mcfg, seed=cfg.seed)
-    res = fit(
-        model,
-        (data.x_train[tr], data.y_train[tr]),
-        (data.x_train[va], data.y_train[va]),
-        _fit_cfg(cfg, hp),
-        seed=cfg.seed,
-        progress=progress,
-        description=f"digits: {name}",
-    )
-    runs.atomic_write_csv(folder / f"history_{name}.csv", res.history)
-    best = res.history[res.best_epoch - 1]
+def variant_summary(ctx: Context, res: StackResult, k: int, config: MLPConfig) -> dict:
+    """One part-1 model: its curves, when it reached the target, its gaps, its test scores."""
+    history = res.rows(k)
+    best = history[res.best_epoch[k] - 1]
     return {
-        "history": res.history,
-        "best_epoch": res.best_epoch,
-        "epochs_run": res.epochs_run,
-        "seconds": res.seconds,
-        "epochs_to_target": _epochs_to(res.history, cfg.target_val_acc),
-        "best_val_acc": max(r["val_acc"] for r in res.history),
+        "history": history,
+        "best_epoch": res.best_epoch[k],
+        "epochs_run": res.epochs_run[k],
+        "seconds": res.seconds / len(res.states),
+        "epochs_to_target": _epochs_to(history, ctx.cfg.target_val_acc),
+        "best_val_acc": max(r["val_acc"] for r in history),
+        "val_acc_at_best": best["val_acc"],
+        "val_loss_at_best": best["val_loss"],
         "gap_acc_at_best": best["train_eval_acc"] - best["val_acc"],
         "gap_loss_at_best": best["val_loss"] - best["train_eval_loss"],
-        **_test_metrics(model, data),
+        **test_metrics(_model(config, res.states[k]), ctx.source.x_test, ctx.source.y_test),
     }
 
 
-def _part_batchnorm(cfg, data, out, progress, deps) -> dict:
-    hp = deps("tune")["best"]
-    folder = out / "batchnorm"
-    result = {"hyperparameters": hp, "target_val_acc": cfg.target_val_acc}
+def part_batchnorm(ctx: Context) -> dict:
+    hp = ctx.result("tune")["best"]
+    folder = ctx.out / "batchnorm"
+    result: dict[str, Any] = {"hyperparameters": hp, "target_val_acc": ctx.cfg.target_val_acc}
     for name, bn in (("plain", False), ("batchnorm", True)):
-        mcfg = MLPConfig(n_classes=_n_classes(cfg), batch_norm=bn)
-        result[name] = _train_variant(cfg, data, hp, mcfg, progress, name, folder)
+        mcfg = mlp_config(ctx.cfg, batch_norm=bn)
+        res = fit_variants(ctx, {name: mcfg}, hp, description=f"digits: {name}")
+        runs.atomic_write_csv(folder / f"history_{name}.csv", res.history)
+        result[name] = variant_summary(ctx, res, 0, mcfg)
     return result
 
 
-def _part_dropout(cfg, data, out, progress, deps) -> dict:
-    hp = deps("tune")["best"]
-    plain = deps("batchnorm")["plain"]  # the tuned model without BN: the gap to close
-    folder = out / "dropout"
-    result = {"hyperparameters": hp, "rates": {"0.0": plain}}
-    for rate in cfg.dropout_rates:
-        mcfg = MLPConfig(n_classes=_n_classes(cfg), dropout=rate)
-        result["rates"][str(rate)] = _train_variant(
-            cfg, data, hp, mcfg, progress, f"dropout_{rate}", folder
-        )
-    return result
+def part_dropout(ctx: Context) -> dict:
+    """Every dropout rate as one stack (same shape; each member its own rate and stream); the
+    tuned model without dropout (from the batch-norm part) is rate 0."""
+    hp = ctx.result("tune")["best"]
+    plain = ctx.result("batchnorm")["plain"]
+    configs = {f"dropout_{r}": mlp_config(ctx.cfg, dropout=r) for r in ctx.cfg.dropout_rates}
+    res = fit_variants(
+        ctx, configs, hp, description=f"digits: dropout × {len(configs)} rates together"
+    )
+    runs.atomic_write_csv(ctx.out / "dropout" / "history.csv", res.history)
+    rates = {"0.0": plain}
+    for k, (name, mcfg) in enumerate(configs.items()):
+        rates[name.removeprefix("dropout_")] = variant_summary(ctx, res, k, mcfg)
+    return {"hyperparameters": hp, "rates": rates, "stack_seconds": res.seconds}
 
 
 # ------------------------------------------------------------------------------- orchestration
 
-PART_VARIANTS = {
+
+@dataclass(frozen=True)
+class Part:
+    """A part of the study: what it needs first and how it is computed."""
+
+    needs: tuple[str, ...]
+    compute: Callable[[Context], dict]
+    file: str  # its result file, relative to the run folder
+
+
+def _variant(name: str) -> Part:
+    needs = ("tune", "frozen5", "reuse4") if name == "unfreeze2" else ("tune",)
+    return Part(needs, lambda ctx: digits_transfer.part_variant(name, ctx), f"transfer/{name}.json")
+
+
+UNITS: dict[str, Part] = {
+    "pretrain": Part((), part_pretrain, "pretrain/result.json"),
+    "tune": Part((), digits_tune.part_tune, "tune/result.json"),
+    "batchnorm": Part(("tune",), part_batchnorm, "batchnorm/result.json"),
+    "dropout": Part(("tune", "batchnorm"), part_dropout, "dropout/result.json"),
+    **{v: _variant(v) for v in VARIANTS},
+}
+# What ``--part`` names (the command line's words) → the units it runs.
+PARTS: dict[str, tuple[str, ...]] = {
+    "pretrain": ("pretrain",),
+    "tune": ("tune",),
+    "batchnorm": ("batchnorm",),
+    "dropout": ("dropout",),
     "transfer": ("frozen5", "scratch"),
     "cache": ("cached5",),
     "reuse4": ("reuse4",),
@@ -384,94 +261,60 @@ def run(
     config: DigitsConfig,
     out_dir: Path | str,
     *,
-    parts: tuple[str, ...] = PARTS,
+    parts: tuple[str, ...] = tuple(PARTS),
     progress: Progress | None = None,
     force: bool = False,
+    data_dir: Path | str | None = None,
 ) -> dict:
-    """Run the requested parts (and what they depend on); return every part's results.
+    """Run the requested parts (and what they depend on); return every unit's results.
 
     Args:
         config: the study configuration; ``out_dir`` should be ``results/digits/<hash>``.
         parts: any of :data:`PARTS`; dependencies run automatically.
         force: recompute parts whose results already exist.
     """
-    progress = progress or Progress()
-    out = Path(out_dir)
-    src, tgt = parse_digits(config.source_digits), parse_digits(config.target_digits)
-    check_disjoint(src, tgt)
-    if len(src) != len(tgt):
-        raise MnistlabError("source and target ranges must have the same number of digits")
-    unknown = [p for p in parts if p not in PARTS]
-    if unknown:
-        raise MnistlabError(f"unknown part {unknown[0]!r}; choose from {', '.join(PARTS)}")
-    if force:
-        runs.clear_run(out)
-    if not (out / "config.json").exists():
-        runs.start_run(out, config, seed=config.seed)
-    _check_counts(config)
-    data_cache: dict[str, Data] = {}
-
-    def source_data() -> Data:
-        if "src" not in data_cache:
-            data_cache["src"] = load_digits(config.source_digits, config.limit)
-        return data_cache["src"]
-
-    results: dict[str, Any] = {}
-
-    def deps(name: str) -> dict:
-        """Result of part/variant ``name``: from disk if finished, else computed now."""
-        if name in results:
-            return results[name]
-        sub = "transfer" if name in VARIANTS else name
-        path = out / sub / (f"{name}.json" if name in VARIANTS else "result.json")
-        if path.is_file():
-            results[name] = runs.read_json(path)
-            return results[name]
-        t0 = time.perf_counter()
-        if name == "pretrain":
-            res = _part_pretrain(config, source_data(), out, progress)
-        elif name == "tune":
-            res = _part_tune(config, source_data(), out, progress)
-        elif name == "batchnorm":
-            res = _part_batchnorm(config, source_data(), out, progress, deps)
-        elif name == "dropout":
-            res = _part_dropout(config, source_data(), out, progress, deps)
-        else:
-            from mnistlab.studies import digits_transfer  # part 2 builds on this module
-
-            res = digits_transfer.part_variant(name, config, out, progress, deps)
-        res["wall_seconds"] = time.perf_counter() - t0
-        runs.atomic_write_json(path, res)
-        progress.message(f"digits: {name} done in {res['wall_seconds']:.1f} s")
-        results[name] = res
-        return res
-
-    for part in parts:
-        for name in PART_VARIANTS.get(part, (part,)):
-            deps(name)
     from mnistlab.studies import digits_figures
 
-    digits_figures.write_all(out)
-    if set(parts) == set(PARTS):
-        runs.finish_run(out, summarise(results))
-    return results
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f"unknown part {unknown[0]!r}")
+    progress = progress or default_progress()
+    out = Path(out_dir)
+    device = pick_device(config.device)
+    provenance = mnist_info(data_dir).as_dict()
+    if config.limit is not None:  # the first N images may hold too few of a digit
+        labels = load_mnist("train", data_dir)[1][: config.limit]
+        config.check_target_counts(labels.bincount(minlength=10).tolist())
+    with runs.Run(out, config, force=force, provenance=provenance, device=str(device)) as run_:
+        results: dict[str, Any] = {}
 
+        def result(name: str) -> dict:
+            """A unit's result: from disk if finished, else computed now (needs first)."""
+            if name in results:
+                return results[name]
+            unit = UNITS[name]
+            path = out / unit.file
+            if path.is_file():
+                results[name] = runs.read_finished(path)
+                return results[name]
+            for need in unit.needs:
+                result(need)
+            t0 = time.perf_counter()
+            res = unit.compute(ctx)
+            res["wall_seconds"] = time.perf_counter() - t0
+            runs.write_json(path, res)
+            progress.message(f"digits: {name} done in {res['wall_seconds']:.1f} s")
+            results[name] = res
+            return res
 
-def _check_counts(cfg: DigitsConfig) -> None:
-    """Per-digit counts above what exists fail before any training starts."""
-    _, labels = load_mnist("train")
-    if cfg.limit is not None:
-        labels = labels[: cfg.limit]
-    _, y = select_digits(labels, cfg.target_digits)
-    counts = torch.bincount(y, minlength=5)
-    need = cfg.per_digit + cfg.val_per_digit
-    digits = parse_digits(cfg.target_digits)
-    for d, c in zip(digits, counts.tolist(), strict=True):
-        if c < need:
-            raise MnistlabError(
-                f"digit {d} has only {c} training images; {cfg.per_digit} per digit for training "
-                f"+ {cfg.val_per_digit} for validation = {need} needed"
-            )
+        ctx = Context(config, out, device, progress, data_dir, result)
+        for part in parts:
+            for name in PARTS[part]:
+                result(name)
+        digits_figures.write_all(out)
+        if set(parts) == set(PARTS) and run_.finished is None:
+            run_.finish(summarise(results))
+        return results
 
 
 def summarise(results: dict) -> dict:

@@ -1,36 +1,43 @@
-"""Digits study, part 2: transfer from the 0–4 model to digits 5–9 with 100 images per digit.
+"""Digits study, part 2: transfer from the source-digit model to the target digits with a few
+images per digit.
 
-Variants (same data per seed, same stopping rule): the MLP from scratch, the five pretrained
-hidden layers frozen with a new output layer, the same with the frozen stack's outputs cached,
-four reused layers, and the better frozen variant with its top two layers unfrozen.
+Variants (same data per seed, same stopping rule, every seed of a variant trained together as
+one stack): the MLP from scratch, the five pretrained hidden layers frozen with a new output
+layer, the same with the frozen stack's outputs cached, four reused layers, and the better
+frozen variant (on validation accuracy) with its top two layers unfrozen. Frozen layers are
+shared by all seeds, so they run once per batch outside the stack (or, cached, once per image).
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, replace
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from mnistlab.data import balanced_subset, parse_digits
-from mnistlab.errors import MnistlabError
-from mnistlab.models.mlp import MLP, MLPConfig, build_mlp, xavier_init
+from mnistlab.models.mlp import MLP, MLPConfig, StackedMLP, build_mlp, xavier_init
 from mnistlab.models.state import load_state_strict
 from mnistlab.stats import mean_ci
-from mnistlab.studies.digits import (
+from mnistlab.studies.digits_common import (
     VARIANT_LABELS,
     Data,
     DigitsConfig,
     load_digits,
     load_model,
-    macro_precision,
+    mlp_config,
+    test_metrics,
+    to_flat,
 )
 from mnistlab.train.checkpoint import load_checkpoint, save_checkpoint
-from mnistlab.train.fit import FitConfig, FitResult, fit
-from mnistlab.train.loop import evaluate
+from mnistlab.train.engine import Member, Pool, Schedule, StackResult, train_stack
+
+if TYPE_CHECKING:
+    from mnistlab.studies.digits import Context
 
 
 class Reused(nn.Module):
@@ -59,8 +66,8 @@ class Reused(nn.Module):
             block.eval()
         return self
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.stack:
+    def features(self, x: torch.Tensor, upto: int | None = None) -> torch.Tensor:
+        for block in self.stack[:upto]:
             x = block(x)
         return x
 
@@ -75,147 +82,168 @@ def new_head(width: int, n_classes: int, seed: int) -> nn.Linear:
     return head
 
 
-@dataclass
-class TransferData:
-    train: tuple[torch.Tensor, torch.Tensor]
-    val: tuple[torch.Tensor, torch.Tensor]
-    test: tuple[torch.Tensor, torch.Tensor]
-
-
-def transfer_split(cfg: DigitsConfig, target: Data, seed: int) -> TransferData:
-    """``per_digit`` training images per target digit, a disjoint validation set, full test."""
+def transfer_split(cfg: DigitsConfig, target: Data, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``per_digit`` training images per target digit and a disjoint validation set (indices
+    into the target training images)."""
     tr = balanced_subset(target.y_train, cfg.per_digit, seed=seed)
     va = balanced_subset(target.y_train, cfg.val_per_digit, seed=seed + 10_000, exclude=tr)
-    return TransferData(
-        (target.x_train[tr], target.y_train[tr]),
-        (target.x_train[va], target.y_train[va]),
-        (target.x_test, target.y_test),
-    )
+    return tr, va
 
 
-def _transfer_fit_cfg(cfg: DigitsConfig, hp: dict, lr: float | None = None) -> FitConfig:
-    """The same stopping rule for every variant: patience on validation loss, epoch cap."""
-    return FitConfig(
-        lr=lr or cfg.transfer_lr,
-        l2=hp["l2"],
-        batch_size=cfg.transfer_batch_size,
-        max_epochs=cfg.transfer_max_epochs,
-        patience=cfg.transfer_patience,
-        min_delta=cfg.transfer_min_delta,
-        eval_train=False,
-    )
+@dataclass
+class Plan:
+    """How one variant trains: the frozen part (shared), the stacked part and where it starts."""
+
+    frozen: int  # source blocks frozen and run outside the stack
+    depth: int  # hidden blocks of the transferred model (5, or 4 for reuse4)
+    init: Callable[[int], nn.Module]  # seed → the member's solo model, initialised
+    lr: float
 
 
-def _scores(model: nn.Module, td: TransferData, res: FitResult, seconds: float) -> dict:
-    ev = evaluate(model, *td.test)
-    return {
-        "test_acc": ev.acc,
-        "test_precision": macro_precision(td.test[1], ev.preds),
-        "val_acc": evaluate(model, *td.val).acc,
-        "best_epoch": res.best_epoch,
-        "epochs_run": res.epochs_run,
-        "seconds": seconds,
-    }
-
-
-def _load_source(cfg, out, deps) -> tuple[MLP, str]:
-    deps("tune")
-    path = out / "tune" / "model.pt"
-    return load_model(path, MLPConfig(n_classes=len(parse_digits(cfg.source_digits)))), str(
-        path.relative_to(out)
-    )
-
-
-def run_variant(
-    variant: str,
-    source: MLP,
-    td: TransferData,
-    cfg: DigitsConfig,
-    hp: dict,
-    seed: int,
-    base: nn.Module | None = None,
-) -> tuple[nn.Module, dict]:
-    """Train one transfer variant for one seed; return the model and its scores."""
-    n_classes = len(parse_digits(cfg.target_digits))
-    fcfg = _transfer_fit_cfg(cfg, hp)
-    t0 = time.perf_counter()
+def _plan(variant: str, ctx: Context, source: MLP) -> tuple[Plan, dict[str, Any]]:
+    cfg = ctx.cfg
+    k = len(parse_digits(cfg.target_digits))
     if variant == "scratch":
-        model: nn.Module = build_mlp(replace(source.config, n_classes=n_classes), seed=seed)
-    elif variant in ("frozen5", "reuse4"):
-        model = Reused(source, 5 if variant == "frozen5" else 4, n_classes, seed)
-    elif variant == "cached5":
-        frozen = Reused(source, 5, n_classes, seed).eval()
-        with torch.inference_mode():  # the frozen stack's output, once per image
-            feats = [frozen.features(x) for x in (td.train[0], td.val[0], td.test[0])]
-        feats = [f.clone() for f in feats]  # leave inference mode: plain tensors for autograd
-        head = new_head(feats[0].shape[1], n_classes, seed)
-        cached = TransferData(
-            (feats[0], td.train[1]), (feats[1], td.val[1]), (feats[2], td.test[1])
-        )
-        res = fit(head, cached.train, cached.val, fcfg, seed=seed)
-        seconds = time.perf_counter() - t0
-        frozen.head = head
-        return frozen, _scores(head, cached, res, seconds)
-    elif variant == "unfreeze2":
-        assert base is not None
-        model = copy.deepcopy(base)
+        mcfg = mlp_config(cfg)
+        return Plan(0, 5, lambda seed: build_mlp(mcfg, seed=seed), cfg.transfer_lr), {}
+    if variant in ("frozen5", "cached5", "reuse4"):
+        n = 4 if variant == "reuse4" else 5
+        return Plan(n, n, lambda seed: Reused(source, n, k, seed), cfg.transfer_lr), {}
+    # unfreeze2: continue from the better frozen variant, chosen on validation accuracy
+    val = {v: ctx.result(v)["summary"]["val_acc"][0] for v in ("frozen5", "reuse4")}
+    base = max(val, key=val.get)
+    n = 5 if base == "frozen5" else 4
+
+    def init(seed: int) -> nn.Module:
+        model = Reused(source, n, k, seed)
+        saved = load_checkpoint(ctx.out / "transfer" / "models" / f"{base}_seed{seed}.pt")
+        load_state_strict(model, saved["model"], base)
         model.unfreeze(2)
-        fcfg = _transfer_fit_cfg(cfg, hp, lr=cfg.transfer_lr * cfg.unfreeze_lr_factor)
-    else:  # pragma: no cover - guarded by VARIANTS
-        raise MnistlabError(f"unknown variant {variant!r}")
-    res = fit(model, td.train, td.val, fcfg, seed=seed)
-    return model, _scores(model, td, res, time.perf_counter() - t0)
+        return model
+
+    lr = cfg.transfer_lr * cfg.unfreeze_lr_factor
+    return Plan(n - 2, n, init, lr), {"base_variant": base, "base_val_acc": val}
 
 
-def part_variant(variant: str, cfg: DigitsConfig, out, progress, deps) -> dict:
-    """All seeds of one variant; ``deps(name)`` returns (computing if needed) another part."""
-    hp = deps("tune")["best"]
-    source, source_path = _load_source(cfg, out, deps)
-    target = load_digits(cfg.target_digits, cfg.limit)
-    folder = out / "transfer"
-    extra: dict[str, Any] = {}
-    base_variant = None
-    if variant == "unfreeze2":
-        val = {
-            v: mean_ci([s["val_acc"] for s in deps(v)["seeds"]])[0] for v in ("frozen5", "reuse4")
-        }
-        base_variant = max(val, key=val.get)  # chosen on validation accuracy, never on test
-        extra = {"base_variant": base_variant, "base_val_acc": val}
-    seeds = []
-    task = progress.task(f"digits: transfer {variant}", cfg.transfer_seeds)
-    for s in range(cfg.transfer_seeds):
-        seed = cfg.seed + s
-        td = transfer_split(cfg, target, seed)
-        base = None
-        if base_variant is not None:
-            n_classes = len(parse_digits(cfg.target_digits))
-            base = Reused(source, 5 if base_variant == "frozen5" else 4, n_classes, seed)
-            load_state_strict(
-                base,
-                load_checkpoint(folder / "models" / f"{base_variant}_seed{seed}.pt")["model"],
-                base_variant,
-            )
-        model, scores = run_variant(variant, source, td, cfg, hp, seed, base)
-        save_checkpoint(
-            folder / "models" / f"{variant}_seed{seed}.pt",
-            {"model": model.state_dict(), "variant": variant, "seed": seed},
+def _frozen_trunk(
+    source: MLP, n: int, device: torch.device
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 images → the first ``n`` frozen source blocks' output (eval mode, no gradient)."""
+    blocks = nn.Sequential(*copy.deepcopy(list(source.hidden[:n]))).to(device).eval()
+
+    @torch.no_grad()
+    def prepare(images: torch.Tensor) -> torch.Tensor:
+        x = to_flat(images)
+        return blocks(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], -1)
+
+    return prepare
+
+
+def part_variant(variant: str, ctx: Context) -> dict:
+    """All seeds of one variant as one stack."""
+    cfg = ctx.cfg
+    hp = ctx.result("tune")["best"]
+    source_path = ctx.out / "tune" / "model.pt"
+    source = load_model(source_path, mlp_config(cfg))
+    target = load_digits(cfg.target_digits, cfg.limit, ctx.data_dir)
+    plan, extra = _plan(variant, ctx, source)
+    seeds = [cfg.seed + s for s in range(cfg.transfer_seeds)]
+    splits = {seed: transfer_split(cfg, target, seed) for seed in seeds}
+    models = {seed: plan.init(seed) for seed in seeds}
+    t0 = time.perf_counter()
+    pool, prepare = Pool(target.x_train, target.y_train), to_flat
+    if plan.frozen:
+        prepare = _frozen_trunk(source, plan.frozen, ctx.device)
+    if variant == "cached5":  # the frozen stack's output, once per image, timed with training
+        pool = Pool(prepare(target.x_train.to(ctx.device)), target.y_train)
+        prepare = _identity
+    feature_seconds = time.perf_counter() - t0
+    any_model = next(iter(models.values()))
+    prefix = "hidden" if variant == "scratch" else "stack"
+    arch = StackedMLP(
+        MLPConfig(hidden=(100,) * plan.depth, n_classes=any_model.head.out_features),
+        prefix,
+        plan.frozen,
+    )
+    members = [
+        Member(
+            seed=seed,
+            state=models[seed].state_dict(),
+            train=splits[seed][0],
+            lr=plan.lr,
+            weight_decay=hp["l2"],
+            evals={"val": splits[seed][1]},
+            meta={"variant": variant, "seed": seed},
         )
-        seeds.append({"seed": seed, **scores})
-        task.advance(1, test_acc=scores["test_acc"])
-    task.done()
+        for seed in seeds
+    ]
+    res = train_stack(
+        arch,
+        members,
+        pool,
+        Schedule(
+            epochs=cfg.transfer_max_epochs,
+            batch_size=cfg.transfer_batch_size,
+            patience=cfg.transfer_patience,
+            min_delta=cfg.transfer_min_delta,
+            restore_best=True,
+        ),
+        trainable={n for n, p in any_model.named_parameters() if p.requires_grad},
+        device=ctx.device,
+        prepare=prepare,
+        checkpoint=ctx.out / "transfer" / "checkpoints" / f"{variant}.pt",
+        progress=ctx.progress,
+        description=f"digits: transfer {variant} × {len(seeds)} seeds together",
+    )
+    total_seconds = feature_seconds + res.seconds
+    scores = _score(variant, ctx, res, models, target, total_seconds)
     summary = {
-        k: mean_ci([s[k] for s in seeds])
-        for k in ("test_acc", "test_precision", "val_acc", "seconds", "best_epoch", "epochs_run")
+        k: mean_ci([s[k] for s in scores])
+        for k in ("test_acc", "test_precision", "val_acc", "best_epoch", "epochs_run")
     }
+    summary["seconds"] = (total_seconds / len(seeds), 0.0)
     return {
         "variant": variant,
         "label": VARIANT_LABELS[variant],
-        "source_model": source_path,
-        "hyperparameters": hp,
-        "seeds": seeds,
+        "source_model": str(source_path.relative_to(ctx.out)),
+        "hyperparameters": {**hp, "lr": plan.lr},
+        "seeds": scores,
         "summary": summary,
+        "stack_seconds": total_seconds,
+        "feature_seconds": feature_seconds,
         "n_train": cfg.per_digit * len(parse_digits(cfg.target_digits)),
         "n_val": cfg.val_per_digit * len(parse_digits(cfg.target_digits)),
         "n_test": len(target.y_test),
+        "per_digit": cfg.per_digit,
+        "target_digits": cfg.target_digits,
+        "source_digits": cfg.source_digits,
         **extra,
     }
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _score(variant, ctx, res: StackResult, models, target, seconds: float) -> list[dict]:
+    """Per seed: test scores of the restored best model, validation accuracy at its best
+    epoch, and the model saved for the variants that build on it."""
+    out = []
+    for k, (seed, model) in enumerate(models.items()):
+        model.load_state_dict(res.states[k])
+        save_checkpoint(
+            ctx.out / "transfer" / "models" / f"{variant}_seed{seed}.pt",
+            {"model": res.states[k], "variant": variant, "seed": seed},
+        )
+        best = res.rows(k)[res.best_epoch[k] - 1]
+        out.append(
+            {
+                "seed": seed,
+                **test_metrics(model, target.x_test, target.y_test),
+                "val_acc": best["val_acc"],
+                "best_epoch": res.best_epoch[k],
+                "epochs_run": res.epochs_run[k],
+                "seconds": seconds / len(models),
+            }
+        )
+    return out

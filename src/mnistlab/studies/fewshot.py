@@ -10,6 +10,7 @@ test accuracy at that choice.
 The backbone's penultimate features are computed once per (backbone, weights digest,
 preprocessing, precision, image set) and cached on disk; ``cache=False`` re-runs the backbone
 on every batch of every epoch instead (the transfer-learning tutorial's way), for comparison.
+All heads of one size — every seed × learning rate — train together as one stack of the engine.
 """
 
 from __future__ import annotations
@@ -20,21 +21,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from mnistlab import runs
-from mnistlab.data import balanced_subset, load_mnist
+from mnistlab.config import check_choice, check_device, check_float, check_int, check_seed, option
+from mnistlab.data import COUNTS, balanced_subset, load_mnist, mnist_info
 from mnistlab.errors import MnistlabError
+from mnistlab.io import cache_dir
 from mnistlab.models.backbones import (
+    BACKBONES,
     build_model,
     get_backbone,
     head_of,
     new_linear,
     resolve_weights,
 )
+from mnistlab.models.stack import StackedLinear
 from mnistlab.progress import Progress
+from mnistlab.progress import default as default_progress
 from mnistlab.stats import mean_ci
+from mnistlab.train.devices import pick_device
+from mnistlab.train.engine import Member, Pool, Schedule, train_stack
 from mnistlab.train.features import (
+    PRECISIONS,
     FrozenFeatures,
     cached_features,
     feature_key,
@@ -42,7 +50,6 @@ from mnistlab.train.features import (
     preprocessing_spec,
     resolve_precision,
 )
-from mnistlab.train.loop import evaluate, pick_device, train_epoch
 
 STUDY = "fewshot"
 # On a plateau the single best epoch is mostly noise; the first epoch within half a point of it
@@ -56,28 +63,62 @@ class FewshotConfig:
     on ResNet-50 features Adam 3e-3 was within 0.1 point of the best lr at every size, SGD
     trailed by 1–3 points, and accuracy moved < 0.5 point after epoch 60."""
 
-    backbones: tuple[str, ...] = ("resnet50", "vgg19")
-    sizes: tuple[int, ...] = (10, 30, 50, 70, 90)
-    seeds: int = 5
-    seed: int = 0
-    epochs: int = 100
-    lr: float = 3e-3
-    batch_size: int = 32
-    val_per_class: int = 20
-    lr_grid: tuple[float, ...] = (1e-3, 3e-3, 1e-2)  # searched on validation (honest protocol)
-    weights: tuple[tuple[str, str], ...] = ()  # (backbone, path | "random") overrides
-    precision: str = "auto"
-    cache: bool = True
-    test_limit: int | None = None
-    image_size: int = 224
-    extract_batch: int = 64
-    device: str = "auto"
+    backbones: tuple[str, ...] = option(("resnet50", "vgg19"), "frozen ImageNet backbones", cli="")
+    sizes: tuple[int, ...] = option((10, 30, 50, 70, 90), "training images per class")
+    seeds: int = option(5, "repeats, each a different balanced draw")
+    seed: int = option(0, "first seed; repeats use seed, seed+1, …")
+    epochs: int = option(100, "epochs of head training", unit="epochs")
+    lr: float = option(3e-3, "Adam learning rate of the reported head")
+    batch_size: int = option(32, "mini-batch size", unit="images")
+    val_per_class: int = option(20, "validation images per class (honest protocol)", cli="")
+    lr_grid: tuple[float, ...] = option(
+        (1e-3, 3e-3, 1e-2), "learning rates the honest protocol chooses from", cli=""
+    )
+    weights: tuple[tuple[str, str], ...] = option((), "(backbone, path|random) overrides", cli="")
+    precision: str = option("auto", "feature extraction arithmetic", choices=PRECISIONS)
+    cache: bool = option(True, "cache frozen features on disk", cli="")
+    test_limit: int | None = option(None, "use the first N test images")
+    image_size: int = option(224, "side the digits are scaled up to", unit="px", cli="")
+    extract_batch: int = option(32, "images per feature-extraction batch", cli="")
+    device: str = option("auto", "auto (CUDA, MPS, CPU), cpu, cuda, cuda:N or mps")
 
-
-@dataclass
-class Split:
-    train_idx: torch.Tensor  # indices into the MNIST training set (largest size)
-    val_idx: torch.Tensor
+    def __post_init__(self) -> None:
+        if not self.backbones:
+            raise MnistlabError("no backbone given")
+        for name in self.backbones:
+            get_backbone(name)
+        if len(set(self.backbones)) != len(self.backbones):
+            raise MnistlabError(f"a backbone is listed twice: {list(self.backbones)}")
+        if not self.sizes:
+            raise MnistlabError("empty size list")
+        for n in self.sizes:
+            check_int(n, "--sizes values", 1, 10**6)
+        if len(set(self.sizes)) != len(self.sizes):
+            raise MnistlabError(f"--sizes lists a size twice: {list(self.sizes)}")
+        need = max(self.sizes) + self.val_per_class
+        if need > min(COUNTS["train"]):
+            digit = COUNTS["train"].index(min(COUNTS["train"]))
+            raise MnistlabError(
+                f"size {max(self.sizes)} per class + {self.val_per_class} validation needs "
+                f"{need} images of every digit; digit {digit} has only {min(COUNTS['train'])}"
+            )
+        check_int(self.seeds, "--seeds", 1, 1000)
+        check_seed(self.seed)
+        check_int(self.epochs, "--epochs", 1, 100_000)
+        check_float(self.lr, "--lr", 0.0, 10.0, open_lo=True)
+        for lr in self.lr_grid:
+            check_float(lr, "lr_grid values", 0.0, 10.0, open_lo=True)
+        check_int(self.batch_size, "--batch-size", 1, 65_536)
+        check_int(self.val_per_class, "val_per_class", 1, 10**6)
+        check_choice(self.precision, "precision", PRECISIONS)
+        if self.test_limit is not None:
+            check_int(self.test_limit, "--test-limit", 1, sum(COUNTS["test"]))
+        check_int(self.image_size, "image_size", 16, 1024)
+        check_int(self.extract_batch, "extract_batch", 1, 4096)
+        for name, _ in self.weights:
+            if name != "*":
+                get_backbone(name)
+        check_device(self.device)
 
 
 def seed_splits(labels: torch.Tensor, cfg: FewshotConfig) -> dict[int, dict[str, Any]]:
@@ -89,43 +130,6 @@ def seed_splits(labels: torch.Tensor, cfg: FewshotConfig) -> dict[int, dict[str,
         sizes = {n: balanced_subset(labels, n, seed=seed, exclude=val) for n in cfg.sizes}
         out[seed] = {"val": val, "sizes": sizes}
     return out
-
-
-def train_head(
-    head: nn.Linear,
-    train: tuple,
-    val: tuple,
-    test: tuple,
-    *,
-    lr: float,
-    epochs: int,
-    batch_size: int,
-    seed: int,
-    transform=None,
-) -> list[dict[str, float]]:
-    """Adam + cross-entropy on the head; val and test accuracy after every epoch.
-
-    ``train``/``val``/``test`` are (inputs, labels): cached features with ``transform=None``,
-    or uint8 images with ``transform`` = the frozen backbone (the uncached path).
-    """
-    kw = {} if transform is None else {"transform": transform}
-    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    history = []
-    for epoch in range(1, epochs + 1):
-        stats = train_epoch(
-            head, *train, optimizer, batch_size=batch_size, generator=generator, **kw
-        )
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": stats.loss,
-                "train_acc": stats.acc,
-                "val_acc": evaluate(head, *val, **kw).acc,
-                "test_acc": evaluate(head, *test, **kw).acc,
-            }
-        )
-    return history
 
 
 def best_of(history: list[dict], key: str) -> dict:
@@ -143,8 +147,6 @@ def _features(
     progress: Progress,
 ) -> torch.Tensor:
     """Features of ``images`` from the tool's feature cache, computed and stored on a miss."""
-    from mnistlab.data.mnist import cache_dir
-
     key = feature_key(
         name,
         weights_digest,
@@ -165,7 +167,61 @@ def _features(
     return feats
 
 
-def run_backbone(name: str, cfg: FewshotConfig, out: Path, progress: Progress) -> dict:
+def _inputs(cfg, name, weights, frozen, x_train, x_test, pool_idx, progress):
+    """The pool the heads index into (cached features, or images + the frozen backbone as
+    ``prepare``) and the seconds spent extracting."""
+    if not cfg.cache:
+
+        def through_backbone(images: torch.Tensor) -> torch.Tensor:
+            flat = images.reshape(-1, *images.shape[-2:])
+            feats = torch.cat([frozen(part) for part in flat.split(cfg.extract_batch)])
+            return feats.view(*images.shape[:-2], -1)
+
+        return torch.cat([x_train[pool_idx], x_test]), through_backbone, 0.0
+    t0 = time.perf_counter()
+    pool_feats, test_feats = (
+        _features(name, weights.digest, frozen, images, tag, cfg.extract_batch, progress)
+        for images, tag in ((x_train[pool_idx], "train pool"), (x_test, "test"))
+    )
+    return torch.cat([pool_feats, test_feats]), None, time.perf_counter() - t0
+
+
+def _size_rows(n: int, result, members: list[Member], cfg: FewshotConfig) -> list[dict]:
+    """Per seed at size ``n``: the as-specified numbers (lr ``cfg.lr``, best test epoch) and
+    the honest ones (lr and epoch chosen on validation)."""
+    per_member = {(m.meta["seed"], m.meta["lr"]): result.rows(k) for k, m in enumerate(members)}
+    rows = []
+    for seed in sorted({m.meta["seed"] for m in members}):
+        main = per_member[(seed, cfg.lr)]
+        best = best_of(main, "test_acc")
+        chosen_lr, chosen = max(
+            ((lr, best_of(h, "val_acc")) for (s, lr), h in per_member.items() if s == seed),
+            key=lambda p: (p[1]["val_acc"], -p[1]["epoch"]),
+        )
+        rows.append(
+            {
+                "seed": seed,
+                "size": n,
+                "best_test_acc": best["test_acc"],
+                "best_epoch": best["epoch"],
+                "near_best_epoch": next(
+                    r["epoch"] for r in main if r["test_acc"] >= best["test_acc"] - NEAR_BEST
+                ),
+                "final_test_acc": main[-1]["test_acc"],
+                "val_lr": chosen_lr,
+                "val_epoch": chosen["epoch"],
+                "val_acc": chosen["val_acc"],
+                "val_test_acc": chosen["test_acc"],
+                # the same epoch choice on validation, at the reported lr: like with like
+                "val_epoch_same_lr_test_acc": best_of(main, "val_acc")["test_acc"],
+            }
+        )
+    return rows
+
+
+def run_backbone(
+    name: str, cfg: FewshotConfig, out: Path, progress: Progress, data_dir=None
+) -> dict:
     """All seeds and sizes for one backbone; returns its result dict (also written to disk)."""
     device = pick_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
@@ -173,82 +229,63 @@ def run_backbone(name: str, cfg: FewshotConfig, out: Path, progress: Progress) -
     weights = resolve_weights(name, spec, seed=cfg.seed, progress=progress)
     folder = out / f"{name}-{weights.digest.replace(':', '')[:12]}"
     if (folder / "result.json").is_file():
-        return runs.read_json(folder / "result.json")
-    x_train, y_train = load_mnist("train")
-    x_test, y_test = load_mnist("test")
+        return runs.read_finished(folder / "result.json")
+    x_train, y_train = load_mnist("train", data_dir)
+    x_test, y_test = load_mnist("test", data_dir)
     if cfg.test_limit is not None:
         x_test, y_test = x_test[: cfg.test_limit], y_test[: cfg.test_limit]
     splits = seed_splits(y_train, cfg)
     model = build_model(name, weights, num_classes=10, seed=cfg.seed)
     t0 = time.perf_counter()
-    pool = torch.unique(
+    pool_idx = torch.unique(
         torch.cat([torch.cat([sp["val"], *sp["sizes"].values()]) for sp in splits.values()])
     )
-    extract_seconds = 0.0
     frozen = FrozenFeatures(model, model.head_path, device, precision, cfg.image_size)
-    if cfg.cache:
-        te = time.perf_counter()
-        pool_feats, test_feats = (
-            _features(name, weights.digest, frozen, images, tag, cfg.extract_batch, progress)
-            for images, tag in ((x_train[pool], "train pool"), (x_test, "test"))
-        )
-        extract_seconds = time.perf_counter() - te
-        row_of = torch.full((len(y_train),), -1, dtype=torch.long)
-        row_of[pool] = torch.arange(len(pool))
-        inputs = lambda idx: pool_feats[row_of[idx]]  # noqa: E731
-        test = (test_feats, y_test)
-        transform = None
-    else:
-        inputs = lambda idx: x_train[idx]  # noqa: E731
-        test = (x_test, y_test)
-        transform = frozen
+    x, prepare, extract_seconds = _inputs(
+        cfg, name, weights, frozen, x_train, x_test, pool_idx, progress
+    )
+    pool = Pool(x, torch.cat([y_train[pool_idx], y_test]))
+    row_of = torch.full((len(y_train),), -1, dtype=torch.long)
+    row_of[pool_idx] = torch.arange(len(pool_idx))
+    test_rows = torch.arange(len(pool_idx), len(pool.y))
     in_features = head_of(model).in_features
-    rows, curves = [], []
-    task = progress.task(f"fewshot: {name} heads", len(splits) * len(cfg.sizes))
-    for seed, sp in splits.items():
-        val = (inputs(sp["val"]), y_train[sp["val"]])
-        for n in cfg.sizes:
-            idx = sp["sizes"][n]
-            train = (inputs(idx), y_train[idx])
-            per_lr = {}
-            for lr in sorted({cfg.lr, *cfg.lr_grid}):
-                per_lr[lr] = train_head(
-                    new_linear(in_features, 10, seed),
-                    train,
-                    val,
-                    test,
-                    lr=lr,
-                    epochs=cfg.epochs,
-                    batch_size=cfg.batch_size,
-                    seed=seed,
-                    transform=transform,
-                )
-            main = per_lr[cfg.lr]
-            best = best_of(main, "test_acc")
-            chosen_lr, chosen = max(
-                ((lr, best_of(h, "val_acc")) for lr, h in per_lr.items()),
-                key=lambda p: (p[1]["val_acc"], -p[1]["epoch"]),
+    lrs = sorted({cfg.lr, *cfg.lr_grid})
+    rows, curves, heads_seconds = [], [], 0.0
+    for n in cfg.sizes:
+        members = [
+            Member(
+                seed=seed,
+                state=new_linear(in_features, 10, seed).state_dict(),
+                train=row_of[sp["sizes"][n]],
+                lr=lr,
+                evals={"val": row_of[sp["val"]]},
+                meta={"seed": seed, "size": n, "lr": lr},
             )
-            rows.append(
-                {
-                    "seed": seed,
-                    "size": n,
-                    "best_test_acc": best["test_acc"],
-                    "best_epoch": best["epoch"],
-                    "near_best_epoch": next(
-                        r["epoch"] for r in main if r["test_acc"] >= best["test_acc"] - NEAR_BEST
-                    ),
-                    "final_test_acc": main[-1]["test_acc"],
-                    "val_lr": chosen_lr,
-                    "val_epoch": chosen["epoch"],
-                    "val_acc": chosen["val_acc"],
-                    "val_test_acc": chosen["test_acc"],
-                }
-            )
-            curves += [{"seed": seed, "size": n, **r} for r in main]
-            task.advance(1, acc=best["test_acc"])
-    task.done()
-    result = {
+            for seed, sp in splits.items()
+            for lr in lrs
+        ]
+        result = train_stack(
+            StackedLinear(),
+            members,
+            pool,
+            Schedule(
+                epochs=cfg.epochs,
+                batch_size=cfg.batch_size,
+                optimizer="adam",
+                checkpoint_every=10,
+            ),
+            trainable={"weight", "bias"},
+            device=device,
+            prepare=prepare or (lambda t: t),
+            shared_evals={"test": test_rows},
+            checkpoint=folder / "checkpoints" / f"size{n}.pt",
+            progress=progress,
+            description=f"fewshot: {name} heads, {n}/class ({len(members)} together)",
+        )
+        heads_seconds += result.seconds
+        rows += _size_rows(n, result, members, cfg)
+        curves += [r for r in result.history if r["lr"] == cfg.lr]
+    result_dict = {
         "backbone": name,
         "folder": folder.name,
         "weights_source": weights.source,
@@ -259,16 +296,30 @@ def run_backbone(name: str, cfg: FewshotConfig, out: Path, progress: Progress) -
         "device": str(device),
         "cached": cfg.cache,
         "n_test": len(y_test),
-        "pool_size": len(pool),
+        "pool_size": len(pool_idx),
         "extract_seconds": extract_seconds,
+        "heads_seconds": heads_seconds,
         "wall_seconds": time.perf_counter() - t0,
         "rows": rows,
         "table": aggregate(rows, cfg),
+        "mean_curves": mean_curves(curves, cfg.sizes),
     }
     runs.atomic_write_csv(folder / "runs.csv", rows)
     runs.atomic_write_csv(folder / "curves.csv", curves)
-    runs.atomic_write_json(folder / "result.json", result)
-    return result
+    runs.write_json(folder / "result.json", result_dict)
+    return result_dict
+
+
+def mean_curves(curves: list[dict], sizes: tuple[int, ...]) -> dict[str, list[float]]:
+    """Per size: test accuracy per epoch, mean over seeds (the reported lr)."""
+    out = {}
+    for n in sizes:
+        by_epoch: dict[int, list[float]] = {}
+        for r in curves:
+            if r["size"] == n:
+                by_epoch.setdefault(r["epoch"], []).append(r["test_acc"])
+        out[str(n)] = [sum(v) / len(v) for _, v in sorted(by_epoch.items())]
+    return out
 
 
 def aggregate(rows: list[dict], cfg: FewshotConfig) -> list[dict]:
@@ -286,8 +337,16 @@ def aggregate(rows: list[dict], cfg: FewshotConfig) -> list[dict]:
                 "lowest_test_error": (1 - acc[0], acc[1]),
                 "epochs_to_best": mean_ci([r["best_epoch"] for r in sel]),
                 "epochs_to_near_best": mean_ci([r["near_best_epoch"] for r in sel]),
+                "final_test_acc": mean_ci([r["final_test_acc"] for r in sel]),
                 "val_selected_test_acc": mean_ci([r["val_test_acc"] for r in sel]),
                 "val_selected_epoch": mean_ci([r["val_epoch"] for r in sel]),
+                "val_epoch_same_lr_test_acc": mean_ci(
+                    [r["val_epoch_same_lr_test_acc"] for r in sel]
+                ),
+                "per_seed_best_test_acc": [r["best_test_acc"] for r in sel],
+                "per_seed_val_epoch_same_lr_test_acc": [
+                    r["val_epoch_same_lr_test_acc"] for r in sel
+                ],
             }
         )
     return table
@@ -300,6 +359,7 @@ def run(
     progress: Progress | None = None,
     force: bool = False,
     skip_missing: bool = False,
+    data_dir: Path | str | None = None,
 ) -> dict:
     """Run every backbone; with ``skip_missing`` a backbone without weights is skipped (and
     recorded with the reason) instead of failing the whole study.
@@ -310,46 +370,32 @@ def run(
     """
     from mnistlab.studies import fewshot_figures
 
-    progress = progress or Progress()
+    progress = progress or default_progress()
     out = Path(out_dir)
-    _validate(config)
-    if (done := runs.begin(out, config, force=force)) is not None:
-        return done
-    results, skipped = {}, {}
-    for name in config.backbones:
-        try:
-            results[name] = run_backbone(name, config, out, progress)
-        except MnistlabError as exc:
-            if not skip_missing or "no ImageNet weights" not in str(exc):
-                raise
-            skipped[name] = str(exc)
-            progress.message(f"fewshot: skipping {name}: {exc}")
-    fewshot_figures.write_all(out, results, config.sizes)
-    metrics = {
-        "backbones": {n: {k: v for k, v in r.items() if k != "rows"} for n, r in results.items()},
-        "skipped": skipped,
-    }
-    runs.finish_run(out, metrics)
-    return metrics
+    device = pick_device(config.device)
+    provenance = mnist_info(data_dir).as_dict()
+    with runs.Run(out, config, force=force, provenance=provenance, device=str(device)) as run_:
+        if run_.finished is not None:
+            return run_.finished
+        results, skipped = {}, {}
+        for name in config.backbones:
+            try:
+                results[name] = run_backbone(name, config, out, progress, data_dir)
+            except MnistlabError as exc:
+                if not skip_missing or "no ImageNet weights" not in str(exc):
+                    raise
+                skipped[name] = str(exc)
+                progress.message(f"fewshot: skipping {name}: {exc}")
+        fewshot_figures.write_all(out, results, config.sizes)
+        metrics = {
+            "backbones": {
+                n: {k: v for k, v in r.items() if k != "rows"} for n, r in results.items()
+            },
+            "skipped": skipped,
+            "lr": config.lr,
+            "near_best": NEAR_BEST,
+        }
+        return run_.finish(metrics)
 
 
-def _validate(cfg: FewshotConfig) -> None:
-    for name in cfg.backbones:
-        get_backbone(name)
-    if not cfg.backbones:
-        raise MnistlabError("no backbone given")
-    if not cfg.sizes:
-        raise MnistlabError("empty size list")
-    if any(n < 1 for n in cfg.sizes):
-        raise MnistlabError(f"sizes must be positive, got {list(cfg.sizes)}")
-    _, labels = load_mnist("train")
-    smallest = int(torch.bincount(labels).min())
-    need = max(cfg.sizes) + cfg.val_per_class
-    if need > smallest:
-        digit = int(torch.bincount(labels).argmin())
-        raise MnistlabError(
-            f"size {max(cfg.sizes)} per class + {cfg.val_per_class} validation needs {need} "
-            f"images of every digit; digit {digit} has only {smallest}"
-        )
-    if cfg.precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise MnistlabError(f"unknown precision {cfg.precision!r}")
+__all__ = ["BACKBONES", "FewshotConfig", "aggregate", "run", "run_backbone", "seed_splits"]

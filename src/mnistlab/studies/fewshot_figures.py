@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-
-from mnistlab import runs
 from mnistlab.plotting import plt, save_figure
 
 
@@ -47,14 +43,10 @@ def write_all(out: Path, results: dict[str, dict], sizes: tuple[int, ...]) -> No
         ax.legend(fontsize=8)
         save_figure(fig, out / stem)
     for name, r in results.items():
-        rows = runs.read_csv(out / r["folder"] / "curves.csv")
-        by_size: dict[int, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-        for row in rows:
-            by_size[int(row["size"])][int(row["epoch"])].append(float(row["test_acc"]))
         fig, ax = plt.subplots(figsize=(6, 4))
         for n in sizes:
-            epochs = sorted(by_size[n])
-            ax.plot(epochs, [100 * np.mean(by_size[n][e]) for e in epochs], label=f"{n}/class")
+            curve = r["mean_curves"][str(n)]
+            ax.plot(range(1, len(curve) + 1), [100 * v for v in curve], label=f"{n}/class")
         ax.set(
             xlabel="epoch",
             ylabel="test accuracy (%)",

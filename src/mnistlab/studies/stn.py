@@ -1,9 +1,10 @@
 """Study: the tutorial spatial transformer on MNIST — accuracy vs plain CNN, what it learned.
 
-For each seed the STN and the identical classifier without it are trained with the tutorial's
-settings; test (and train) accuracy is recorded every epoch. The first seed's STN is then
-inspected: every test image's θ is decomposed into rotation, scales, shear and translation, and
-the report's list of learned deformations is derived from those distributions.
+The STN and the identical classifier without it are trained with the tutorial's settings, every
+seed of one model as one stack of the training engine (seeds pair the two models: a seed gives
+both the same batch order). Test (and train) accuracy is recorded every epoch. The first seed's
+STN is then inspected: every test image's θ is decomposed into rotation, scales, shear and
+translation, and the report's list of learned deformations is derived from those distributions.
 """
 
 from __future__ import annotations
@@ -16,35 +17,52 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from mnistlab import runs
-from mnistlab.data import KINDS, load_mnist
-from mnistlab.errors import MnistlabError
-from mnistlab.models.stn import STNNet, to_input
+from mnistlab.config import check_choice, check_device, check_float, check_int, check_seed, option
+from mnistlab.data import load_mnist, mnist_info
+from mnistlab.models.stn import StackedSTN, STNNet, init_stn, to_input
 from mnistlab.progress import Progress
-from mnistlab.stats import mean_ci
-from mnistlab.train.checkpoint import load_checkpoint, save_checkpoint
-from mnistlab.train.loop import batch_indices, pick_device
+from mnistlab.progress import default as default_progress
+from mnistlab.stats import mean_ci, pack_correct
+from mnistlab.train.checkpoint import save_checkpoint
+from mnistlab.train.devices import pick_device
+from mnistlab.train.engine import Member, Pool, Schedule, StackResult, train_stack
+from mnistlab.train.optim import OPTIMIZERS
 
 STUDY = "stn"
-OPTIMIZERS = ("sgd", "adam")
+MODELS = ("stn", "baseline")  # with and without the transformer
 
 
 @dataclass(frozen=True)
 class STNConfig:
     """Tutorial defaults: SGD lr 0.01, batch 64, 20 epochs."""
 
-    epochs: int = 20
-    lr: float = 0.01
-    batch_size: int = 64
-    optimizer: str = "sgd"
-    seeds: int = 3
-    seed: int = 0
-    train_eval_size: int = 10_000  # fixed train subset scored in eval mode each epoch
-    limit_train: int | None = None  # tests / quick profile: first N training images
-    limit_test: int | None = None
-    device: str = "auto"
+    epochs: int = option(20, "training epochs per model", unit="epochs")
+    lr: float = option(0.01, "learning rate")
+    batch_size: int = option(64, "mini-batch size", unit="images")
+    optimizer: str = option("sgd", "optimizer (the tutorial: plain SGD)", choices=OPTIMIZERS)
+    seeds: int = option(3, "repeats with different seeds (init, batch order, dropout)")
+    seed: int = option(0, "first seed; repeats use seed, seed+1, …")
+    train_eval_size: int = option(
+        10_000, "training images scored in eval mode after each epoch", unit="images"
+    )
+    limit_train: int | None = option(None, "use the first N training images", cli="hidden")
+    limit_test: int | None = option(None, "use the first N test images", cli="hidden")
+    device: str = option("auto", "auto (CUDA, MPS, CPU), cpu, cuda, cuda:N or mps")
+
+    def __post_init__(self) -> None:
+        check_int(self.epochs, "--epochs", 1, 10_000)
+        check_float(self.lr, "--lr", 0.0, 10.0, open_lo=True)
+        check_int(self.batch_size, "--batch-size", 1, 65_536)
+        check_choice(self.optimizer, "optimizer", OPTIMIZERS)
+        check_int(self.seeds, "--seeds", 1, 1000)
+        check_seed(self.seed)
+        check_int(self.train_eval_size, "train_eval_size", 1, 10**7)
+        for name in ("limit_train", "limit_test"):
+            if (value := getattr(self, name)) is not None:
+                check_int(value, name, 1, 10**7)
+        check_device(self.device)
 
 
 # ------------------------------------------------------------------------------ θ analysis
@@ -129,195 +147,161 @@ def thetas_and_outputs(
 # ------------------------------------------------------------------------------ training
 
 
-def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    raise MnistlabError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
+def train_seeds(
+    model: str,
+    cfg: Any,
+    pool: Pool,
+    n_train: int,
+    *,
+    device: torch.device,
+    out: Path,
+    progress: Progress,
+    description: str,
+) -> StackResult:
+    """Every seed of one model (``stn`` or ``baseline``) as one stack.
+
+    ``pool`` holds the training images first (``n_train`` of them), then the test images. Each
+    epoch records the running train loss, eval-mode accuracy on a fixed per-seed subset of the
+    training images (``train_eval``) and on the whole test set (``test``), overall and per
+    kind when the pool has kinds.
+    """
+    use_stn = model == "stn"
+    members = []
+    for s in range(cfg.seeds):
+        seed = cfg.seed + s
+        order = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed + 1))
+        members.append(
+            Member(
+                seed=seed,
+                state=init_stn(use_stn, seed).state_dict(),
+                train=torch.arange(n_train),
+                lr=cfg.lr,
+                evals={"train_eval": order[: cfg.train_eval_size]},
+                meta={"model": model, "seed": seed},
+            )
+        )
+    result = train_stack(
+        StackedSTN(use_stn, device),
+        members,
+        pool,
+        Schedule(epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer),
+        trainable={name for name, _ in STNNet(use_stn).named_parameters()},
+        device=device,
+        prepare=to_input,
+        shared_evals={"test": torch.arange(n_train, len(pool.y))},
+        checkpoint=out / "checkpoints" / f"{model}.pt",
+        progress=progress,
+        description=description,
+    )
+    for m, state in zip(members, result.states, strict=True):
+        save_checkpoint(
+            out / "models" / f"{model}_seed{m.seed}.pt",
+            {"model": state, "use_stn": use_stn, "seed": m.seed},
+        )
+    runs.atomic_write_csv(out / f"history_{model}.csv", result.history)
+    return result
+
+
+def trained_model(result: StackResult, k: int, use_stn: bool, device: torch.device) -> STNNet:
+    model = STNNet(use_stn)
+    model.load_state_dict(result.states[k])
+    return model.to(device).eval()
 
 
 @torch.inference_mode()
-def accuracy_by_kind(
-    model: STNNet,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    kind: torch.Tensor | None,
-    device: torch.device,
-    batch: int = 2048,
-) -> dict[str, float]:
-    """Accuracy overall and, when ``kind`` is given, per kind (original / elastic / zoom)."""
-    model.eval()
+def correct_on(model: STNNet, images: torch.Tensor, labels: torch.Tensor, device) -> str:
+    """Which test images ``model`` classifies correctly, packed (for McNemar in the report)."""
     preds = torch.cat(
-        [
-            model(to_input(images[i : i + batch], device)).argmax(1).cpu()
-            for i in range(0, len(images), batch)
-        ]
+        [model(to_input(part, device)).argmax(1).cpu() for part in images.split(2048)]
     )
-    correct = preds == labels
-    out = {"all": correct.float().mean().item()}
-    if kind is not None:
-        for k, name in enumerate(KINDS):
-            mask = kind == k
-            if mask.any():
-                out[name] = correct[mask].float().mean().item()
-    return out
+    return pack_correct((preds == labels).numpy())
 
 
-def train_model(
-    *,
-    use_stn: bool,
-    train: tuple,
-    test: tuple,
-    cfg: Any,
-    seed: int,
-    ckpt: Path,
-    progress: Progress,
-    description: str,
-) -> tuple[STNNet, list[dict[str, Any]]]:
-    """Train for ``cfg.epochs``, checkpointing every epoch; resume from ``ckpt`` if present.
-
-    ``train``/``test`` are ``(uint8 images, labels, kind or None)``. Each epoch records the
-    running train loss, eval-mode accuracy on a fixed train subset and on the test set
-    (overall and per kind).
-    """
-    device = pick_device(cfg.device)
-    torch.manual_seed(seed)
-    model = STNNet(use_stn).to(device)
-    optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
-    generator = torch.Generator().manual_seed(seed)
-    x, y, kind = train
-    sub = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed + 1))
-    sub = sub[: cfg.train_eval_size]
-    history: list[dict[str, Any]] = []
-    if ckpt.is_file():
-        state = load_checkpoint(ckpt)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        history = state["history"]
-        progress.message(f"{description}: resumed after epoch {len(history)}")
-    task = progress.task(description, cfg.epochs)
-    task.advance(len(history))
-    y_dev = y.to(device)
-    for epoch in range(len(history) + 1, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        model.train()
-        total = torch.zeros((), device=device)
-        for idx in batch_indices(len(y), cfg.batch_size, generator):
-            target = y_dev[idx.to(device)]
-            loss = F.cross_entropy(model(to_input(x[idx], device)), target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach() * len(idx)
-        train_seconds = time.perf_counter() - t0
-        row = {"epoch": epoch, "train_loss": total.item() / len(y), "epoch_seconds": train_seconds}
-        tr = accuracy_by_kind(model, x[sub], y[sub], None if kind is None else kind[sub], device)
-        te = accuracy_by_kind(model, *test, device)
-        row.update({f"train_acc_{k}": v for k, v in tr.items()})
-        row.update({f"test_acc_{k}": v for k, v in te.items()})
-        history.append(row)
-        save_checkpoint(
-            ckpt,
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "history": history,
-            },
-        )
-        task.advance(1, test_acc=te["all"])
-    task.done()
-    return model.eval(), history
-
-
-def load_trained(ckpt: Path, use_stn: bool, device: torch.device) -> STNNet:
-    model = STNNet(use_stn).to(device)
-    model.load_state_dict(load_checkpoint(ckpt)["model"])
-    return model.eval()
-
-
-def begin_run(config: Any, out: Path, force: bool) -> tuple[torch.device, dict | None]:
-    """Shared opening of both STN studies: check the optimizer name, choose the device once,
-    and open the run folder (None = train; a dict = the finished run's metrics)."""
-    if config.optimizer not in OPTIMIZERS:
-        raise MnistlabError(f"unknown optimizer {config.optimizer!r}; choose {OPTIMIZERS}")
-    device = pick_device(config.device)
-    return device, runs.begin(out, config, force=force, device=str(device))
-
-
-def summarise_runs(histories: list[list[dict]]) -> dict[str, Any]:
-    """Final and best test accuracy (mean ± 95% CI over seeds)."""
-    final = [h[-1]["test_acc_all"] for h in histories]
-    best = [max(r["test_acc_all"] for r in h) for h in histories]
-    best_epoch = [max(h, key=lambda r: r["test_acc_all"])["epoch"] for h in histories]
+def summarise_runs(result: StackResult, kinds: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Final and best test accuracy (mean ± 95% CI over seeds), per-seed values for paired
+    tests, mean accuracy curves (overall and per kind) and the stack's time per epoch."""
+    per_seed = [result.rows(k) for k in range(len(result.states))]
+    final = [h[-1]["test_acc"] for h in per_seed]
+    best = [max(r["test_acc"] for r in h) for h in per_seed]
+    best_epoch = [max(h, key=lambda r: r["test_acc"])["epoch"] for h in per_seed]
+    epochs = len(per_seed[0])
     return {
         "final_test_acc": mean_ci(final),
         "best_test_acc": mean_ci(best),
         "best_epoch": mean_ci(best_epoch),
         "per_seed_final": final,
         "per_seed_best": best,
-        "epoch_seconds": float(np.mean([r["epoch_seconds"] for h in histories for r in h])),
+        "seeds": [r["seed"] for r in (h[0] for h in per_seed)],
+        "epochs": epochs,
+        "stack_seconds": result.seconds,
+        "stack_epoch_seconds": result.seconds / epochs,
+        "curves": {
+            f"{split}_acc{suffix}": np.mean(
+                [[r[f"{split}_acc{suffix}"] for r in h] for h in per_seed], axis=0
+            ).tolist()
+            for split in ("train_eval", "test")
+            for suffix in ("", *(f"_{k}" for k in kinds))
+        },
     }
 
 
-def _subset(images, labels, limit):
+def _limited(images, labels, limit):
     return (images, labels) if limit is None else (images[:limit], labels[:limit])
 
 
 def run(
-    config: STNConfig, out_dir: Path | str, *, progress: Progress | None = None, force: bool = False
+    config: STNConfig,
+    out_dir: Path | str,
+    *,
+    progress: Progress | None = None,
+    force: bool = False,
+    data_dir: Path | str | None = None,
 ) -> dict:
     """Train STN and baseline over seeds, analyse θ; write results/figures to ``out_dir``."""
     from mnistlab.studies import stn_figures
 
-    progress = progress or Progress()
+    progress = progress or default_progress()
     out = Path(out_dir)
-    device, done = begin_run(config, out, force)
-    if done is not None:
-        return done
-    x_tr, y_tr = _subset(*load_mnist("train"), config.limit_train)
-    x_te, y_te = _subset(*load_mnist("test"), config.limit_test)
-    histories: dict[str, list] = {"stn": [], "baseline": []}
-    t_start = time.perf_counter()
-    for s in range(config.seeds):
-        seed = config.seed + s
-        for name in ("stn", "baseline"):
-            _, hist = train_model(
-                use_stn=name == "stn",
-                train=(x_tr, y_tr, None),
-                test=(x_te, y_te, None),
-                cfg=config,
-                seed=seed,
-                ckpt=out / "checkpoints" / f"{name}_seed{seed}.pt",
+    device = pick_device(config.device)
+    provenance = mnist_info(data_dir).as_dict()
+    with runs.Run(out, config, force=force, provenance=provenance, device=str(device)) as run_:
+        if run_.finished is not None:
+            return run_.finished
+        x_tr, y_tr = _limited(*load_mnist("train", data_dir), config.limit_train)
+        x_te, y_te = _limited(*load_mnist("test", data_dir), config.limit_test)
+        pool = Pool(torch.cat([x_tr, x_te]), torch.cat([y_tr, y_te]))
+        t_start = time.perf_counter()
+        results = {
+            m: train_seeds(
+                m,
+                config,
+                pool,
+                len(y_tr),
+                device=device,
+                out=out,
                 progress=progress,
-                description=f"stn: {name} seed {seed}",
+                description=f"stn: {m} × {config.seeds} seed(s)",
             )
-            runs.atomic_write_csv(out / f"history_{name}_seed{seed}.csv", hist)
-            histories[name].append(hist)
-    model = load_trained(out / "checkpoints" / f"stn_seed{config.seed}.pt", True, device)
-    thetas, warped = thetas_and_outputs(model, x_te, device)
-    parts = decompose_theta(thetas)
-    stats = deformation_stats(parts)
-    examples = stn_figures.theta_figures(out, parts, x_te, warped)
-    stn_figures.accuracy_curves(out, histories, "stn")
-    metrics = {
-        "stn": summarise_runs(histories["stn"]),
-        "baseline": summarise_runs(histories["baseline"]),
-        "deformations": stats,
-        "examples": examples,
-        "padding": "grid_sample samples the un-normalised image (background 0 = zero padding); "
-        "normalisation happens after the transformer",
-        "device": str(device),
-        "wall_seconds": time.perf_counter() - t_start,
-        "n_train": len(y_tr),
-        "n_test": len(y_te),
-    }
-    runs.atomic_write_json(
-        out / "theta_parts.json", {k: [round(float(v), 5) for v in t] for k, t in parts.items()}
-    )
-    runs.finish_run(out, metrics)
-    return metrics
+            for m in MODELS
+        }
+        model = trained_model(results["stn"], 0, True, device)
+        thetas, warped = thetas_and_outputs(model, x_te, device)
+        parts = decompose_theta(thetas)
+        examples = stn_figures.theta_figures(out, parts, x_te, warped)
+        summaries = {m: summarise_runs(r) for m, r in results.items()}
+        stn_figures.accuracy_curves(out, {m: s["curves"] for m, s in summaries.items()}, "stn")
+        for m, r in results.items():  # the first seed's models, image by image
+            net = trained_model(r, 0, m == "stn", device)
+            summaries[m]["test_correct_seed0"] = correct_on(net, x_te, y_te, device)
+        metrics = {
+            **summaries,
+            "deformations": deformation_stats(parts),
+            "examples": examples,
+            "padding": "grid_sample samples the un-normalised image (background 0 = zero "
+            "padding); normalisation happens after the transformer",
+            "device": str(device),
+            "wall_seconds": time.perf_counter() - t_start,
+            "n_train": len(y_tr),
+            "n_test": len(y_te),
+        }
+        return run_.finish(metrics)

@@ -1,9 +1,9 @@
-"""Study: the STN on MNIST grown 3× with elastic and 4× zoom-out copies — does it undo them?
+"""Study: the STN on MNIST grown 3× with elastic and zoom-out copies — does it undo them?
 
 Train 60k → 180k and test 10k → 30k (``data.expand``), the kind of every image kept, so accuracy
 is reported per kind, with and without the transformer. Whether the STN "undoes" a deformation
 is measured, not assumed: the θ scale it applies to zoomed-out inputs against originals (undoing
-a 4× zoom-out needs a scale of about 1/4), and the accuracy gain per kind.
+a Z× zoom-out needs a scale of about 1/Z), and the accuracy gain per kind.
 """
 
 from __future__ import annotations
@@ -16,18 +16,24 @@ from typing import Any
 import torch
 
 from mnistlab import runs
-from mnistlab.data import KINDS, DeformParams, expand, load_mnist
+from mnistlab.config import option
+from mnistlab.data import KINDS, DeformParams, expand, load_mnist, mnist_info
 from mnistlab.progress import Progress
+from mnistlab.progress import default as default_progress
 from mnistlab.stats import mean_ci
 from mnistlab.studies.stn import (
+    MODELS,
     STNConfig,
-    begin_run,
+    correct_on,
     decompose_theta,
     deformation_stats,
-    load_trained,
+    summarise_runs,
     thetas_and_outputs,
-    train_model,
+    train_seeds,
+    trained_model,
 )
+from mnistlab.train.devices import pick_device
+from mnistlab.train.engine import Pool
 
 STUDY = "stn-deform"
 
@@ -37,23 +43,25 @@ class STNDeformConfig(STNConfig):
     """The STN study's settings plus the deformations; one seed and a larger train subset
     scored per epoch (15k of 180k) by default."""
 
-    seeds: int = 1
-    train_eval_size: int = 15_000
-    sigma: float = 2.0
-    zoom_factor: float = 4.0
-    deform_seed: int = 0
+    seeds: int = option(1, "repeats with different seeds (init, batch order, dropout)")
+    train_eval_size: int = option(
+        15_000, "training images scored in eval mode after each epoch", unit="images"
+    )
+    sigma: float = option(2.0, "elastic displacement std at the 3×3 control points", unit="px")
+    zoom_factor: float = option(4.0, "zoom-out factor of the shrunken copies", cli="--zoom")
+    deform_seed: int = option(0, "seed of the elastic displacements", cli="")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        DeformParams(sigma=self.sigma, zoom_factor=self.zoom_factor)  # validates both
 
 
-def _expanded(split: str, limit: int | None, cfg: STNDeformConfig, seed: int):
-    images, labels = load_mnist(split)
+def _expanded(split: str, limit: int | None, cfg: STNDeformConfig, seed: int, data_dir):
+    images, labels = load_mnist(split, data_dir)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     params = DeformParams(sigma=cfg.sigma, zoom_factor=cfg.zoom_factor)
     return expand(images, labels, seed=seed, params=params)
-
-
-def _per_kind_final(histories: list[list[dict]]) -> dict[str, tuple[float, float]]:
-    return {k: mean_ci([h[-1][f"test_acc_{k}"] for h in histories]) for k in ("all", *KINDS)}
 
 
 def run(
@@ -62,71 +70,97 @@ def run(
     *,
     progress: Progress | None = None,
     force: bool = False,
+    data_dir: Path | str | None = None,
 ) -> dict:
     """Expand, train STN and baseline, analyse per kind; write everything to ``out_dir``."""
     from mnistlab.studies import stn_figures
 
-    progress = progress or Progress()
+    progress = progress or default_progress()
     out = Path(out_dir)
-    device, done = begin_run(config, out, force)
-    if done is not None:
-        return done
-    t_start = time.perf_counter()
-    progress.message("stn-deform: building the expanded train and test sets (cached)")
-    t0 = time.perf_counter()
-    train = _expanded("train", config.limit_train, config, config.deform_seed)
-    test = _expanded("test", config.limit_test, config, config.deform_seed + 1)
-    expand_seconds = time.perf_counter() - t0
-    histories: dict[str, list] = {"stn": [], "baseline": []}
-    for s in range(config.seeds):
-        seed = config.seed + s
-        for name in ("stn", "baseline"):
-            _, hist = train_model(
-                use_stn=name == "stn",
-                train=(train.images, train.labels, train.kind),
-                test=(test.images, test.labels, test.kind),
-                cfg=config,
-                seed=seed,
-                ckpt=out / "checkpoints" / f"{name}_seed{seed}.pt",
+    device = pick_device(config.device)
+    provenance = mnist_info(data_dir).as_dict()
+    with runs.Run(out, config, force=force, provenance=provenance, device=str(device)) as run_:
+        if run_.finished is not None:
+            return run_.finished
+        t_start = time.perf_counter()
+        progress.message("stn-deform: building the expanded train and test sets (cached)")
+        t0 = time.perf_counter()
+        train = _expanded("train", config.limit_train, config, config.deform_seed, data_dir)
+        test = _expanded("test", config.limit_test, config, config.deform_seed + 1, data_dir)
+        expand_seconds = time.perf_counter() - t0
+        pool = Pool(
+            torch.cat([train.images, test.images]),
+            torch.cat([train.labels, test.labels]),
+            torch.cat([train.kind, test.kind]),
+            KINDS,
+        )
+        results = {
+            m: train_seeds(
+                m,
+                config,
+                pool,
+                len(train),
+                device=device,
+                out=out,
                 progress=progress,
-                description=f"stn-deform: {name} seed {seed}",
+                description=f"stn-deform: {m} × {config.seeds} seed(s)",
             )
-            runs.atomic_write_csv(out / f"history_{name}_seed{seed}.csv", hist)
-            histories[name].append(hist)
-    model = load_trained(out / "checkpoints" / f"stn_seed{config.seed}.pt", True, device)
-    thetas, warped = thetas_and_outputs(model, test.images, device)
-    parts = decompose_theta(thetas)
-    iso = torch.sqrt(parts["scale_x"].abs() * parts["scale_y"].abs())
-    scale, by_kind, scale_lists = {}, {}, {}
-    for k, name in enumerate(KINDS):
-        mask = test.kind == k
-        scale[name] = float(iso[mask].mean())
-        scale_lists[name] = iso[mask].tolist()
-        by_kind[name] = deformation_stats({p: v[mask] for p, v in parts.items()})
-    stn_figures.accuracy_curves(out, histories, "stn-deform", kinds=("all", *KINDS))
-    stn_figures.kind_examples(out, test.images, warped, test.kind, ("zoom", "elastic", "original"))
-    stn_figures.scale_by_kind(out, scale_lists)
-    metrics: dict[str, Any] = {
-        "n_train": len(train),
-        "n_test": len(test),
-        "expand_seconds": expand_seconds,
-        "final_test_acc": {m: _per_kind_final(h) for m, h in histories.items()},
-        "final_train_acc": {
-            m: {k: mean_ci([x[-1][f"train_acc_{k}"] for x in h]) for k in ("all", *KINDS)}
-            for m, h in histories.items()
-        },
-        "best_test_acc": {
-            m: mean_ci([max(r["test_acc_all"] for r in x) for x in h]) for m, h in histories.items()
-        },
-        "mean_scale_by_kind": scale,
-        "deformations_by_kind": by_kind,
-        "zoom_factor": config.zoom_factor,
-        "epoch_seconds": {
-            m: sum(r["epoch_seconds"] for x in h for r in x) / sum(len(x) for x in h)
-            for m, h in histories.items()
-        },
-        "device": str(device),
-        "wall_seconds": time.perf_counter() - t_start,
-    }
-    runs.finish_run(out, metrics)
-    return metrics
+            for m in MODELS
+        }
+        model = trained_model(results["stn"], 0, True, device)
+        thetas, warped = thetas_and_outputs(model, test.images, device)
+        parts = decompose_theta(thetas)
+        iso = torch.sqrt(parts["scale_x"].abs() * parts["scale_y"].abs())
+        scale, by_kind, scale_lists = {}, {}, {}
+        for k, name in enumerate(KINDS):
+            mask = test.kind == k
+            scale[name] = float(iso[mask].mean())
+            scale_lists[name] = iso[mask].tolist()
+            by_kind[name] = deformation_stats({p: v[mask] for p, v in parts.items()})
+        summaries = {m: summarise_runs(r, KINDS) for m, r in results.items()}
+        stn_figures.accuracy_curves(
+            out, {m: s["curves"] for m, s in summaries.items()}, "stn-deform", ("all", *KINDS)
+        )
+        stn_figures.kind_examples(
+            out, test.images, warped, test.kind, ("zoom", "elastic", "original")
+        )
+        stn_figures.scale_by_kind(out, scale_lists, config.zoom_factor)
+        metrics: dict[str, Any] = {
+            "n_train": len(train),
+            "n_test": len(test),
+            "expand_seconds": expand_seconds,
+            "models": summaries,
+            "final_test_acc": {m: _final(r, "test") for m, r in results.items()},
+            "final_train_acc": {m: _final(r, "train_eval") for m, r in results.items()},
+            "per_seed_final_test_acc": {
+                m: {
+                    k: [r.rows(i)[-1][_key("test", k)] for i in range(len(r.states))]
+                    for k in ("all", *KINDS)
+                }
+                for m, r in results.items()
+            },
+            "test_correct_seed0": {
+                m: correct_on(
+                    trained_model(r, 0, m == "stn", device), test.images, test.labels, device
+                )
+                for m, r in results.items()
+            },
+            "test_kind_counts": [int((test.kind == k).sum()) for k in range(len(KINDS))],
+            "mean_scale_by_kind": scale,
+            "deformations_by_kind": by_kind,
+            "zoom_factor": config.zoom_factor,
+            "sigma": config.sigma,
+            "device": str(device),
+            "wall_seconds": time.perf_counter() - t_start,
+        }
+        return run_.finish(metrics)
+
+
+def _key(split: str, kind: str) -> str:
+    return f"{split}_acc" if kind == "all" else f"{split}_acc_{kind}"
+
+
+def _final(result, split: str) -> dict[str, tuple[float, float]]:
+    """Per kind: mean ± 95 % CI over seeds of the last epoch's accuracy."""
+    last = [result.rows(i)[-1] for i in range(len(result.states))]
+    return {k: mean_ci([r[_key(split, k)] for r in last]) for k in ("all", *KINDS)}

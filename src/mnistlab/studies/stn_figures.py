@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mnistlab.data import KINDS
 from mnistlab.plotting import KIND_COLOURS, image_grid, plt, save_figure
 
 _PARAMS = ("rotation_deg", "scale_x", "scale_y", "shear", "tx", "ty")
@@ -53,21 +54,28 @@ def theta_figures(
 
 
 def accuracy_curves(
-    out: Path, histories: dict[str, list[list[dict]]], title: str, kinds: tuple[str, ...] = ("all",)
+    out: Path,
+    curves: dict[str, dict[str, list[float]]],
+    title: str,
+    kinds: tuple[str, ...] = ("all",),
 ) -> None:
-    """Train (dashed) and test (solid) accuracy per epoch, mean over seeds, per model/kind."""
+    """Train (dashed, eval mode on a fixed subset) and test (solid) accuracy per epoch, mean
+    over seeds, per model and kind."""
     fig, axes = plt.subplots(1, len(kinds), figsize=(5.2 * len(kinds), 4), squeeze=False)
-    styles = {"stn": "-", "baseline": "-"}
     colours = {"stn": "#c44e52", "baseline": "#4c72b0"}
     for ax, kind in zip(axes[0], kinds, strict=True):
-        for model, hs in histories.items():
-            if not hs:
-                continue
-            epochs = [r["epoch"] for r in hs[0]]
-            for split, ls in (("train", "--"), ("test", styles[model])):
-                key = f"{split}_acc_{kind}"
-                vals = np.mean([[100 * r[key] for r in h] for h in hs], axis=0)
-                ax.plot(epochs, vals, ls, color=colours[model], label=f"{model} {split}")
+        suffix = "" if kind == "all" else f"_{kind}"
+        for model, c in curves.items():
+            for split, ls, label in (("train_eval", "--", "train"), ("test", "-", "test")):
+                values = c[f"{split}_acc{suffix}"]
+                epochs = range(1, len(values) + 1)
+                ax.plot(
+                    epochs,
+                    [100 * v for v in values],
+                    ls,
+                    color=colours[model],
+                    label=f"{model} {label}",
+                )
         ax.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{title}: {kind}")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
@@ -87,8 +95,6 @@ def kind_examples(
     """For each kind: ``k`` test images, input beside the STN's output."""
     rows = []
     for name in names:
-        from mnistlab.data import KINDS
-
         idx = torch.nonzero(kind == KINDS.index(name)).flatten()[:k]
         rows.append(
             np.stack([np.concatenate([images[i].numpy(), warped[i].numpy()], axis=1) for i in idx])
@@ -98,13 +104,16 @@ def kind_examples(
     save_figure(fig, out / stem)
 
 
-def scale_by_kind(out: Path, scale: dict[str, list[float]]) -> None:
-    """Histogram of the STN's isotropic θ scale per input kind (1/4 would undo a 4× zoom-out)."""
+def scale_by_kind(out: Path, scale: dict[str, list[float]], zoom: float) -> None:
+    """Histogram of the STN's isotropic θ scale per input kind (1/zoom would undo the
+    zoom-out)."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for name, values in scale.items():
         ax.hist(values, bins=60, alpha=0.6, color=KIND_COLOURS.get(name), label=name)
     ax.axvline(1.0, color="k", ls=":", lw=0.8)
-    ax.axvline(0.25, color="k", ls="--", lw=0.8, label="1/4 (undoes 4× zoom-out)")
+    ax.axvline(
+        1 / zoom, color="k", ls="--", lw=0.8, label=f"1/{zoom:g} (undoes {zoom:g}× zoom-out)"
+    )
     ax.set(xlabel="θ scale √|det A|", ylabel="test images")
     ax.legend(fontsize=8)
     save_figure(fig, out / "scale_by_kind")

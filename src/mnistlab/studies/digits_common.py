@@ -1,0 +1,196 @@
+"""What both halves of the digits study share: the config, the data, the metrics, the model
+files. (Its own module so that part 1, part 2 and the orchestration import it without
+importing one another.)"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mnistlab.config import check_device, check_float, check_int, check_seed, option
+from mnistlab.data import COUNTS, check_disjoint, load_mnist, parse_digits, select_digits
+from mnistlab.errors import MnistlabError
+from mnistlab.models.mlp import MLP, MLPConfig
+from mnistlab.models.state import load_state_strict
+from mnistlab.stats import pack_correct
+from mnistlab.train.checkpoint import load_checkpoint
+
+STUDY = "digits"
+VARIANTS = ("scratch", "frozen5", "cached5", "reuse4", "unfreeze2")
+VARIANT_LABELS = {
+    "scratch": "from scratch (no transfer)",
+    "frozen5": "5 frozen reused layers",
+    "cached5": "5 frozen layers, cached outputs",
+    "reuse4": "4 frozen reused layers",
+    "unfreeze2": "best + top two unfrozen",
+}
+
+
+@dataclass(frozen=True)
+class DigitsConfig:
+    """Every knob of the study; the results folder is the hash of all of them."""
+
+    source_digits: str = option("0-4", "digits of the source task", cli="--source")
+    target_digits: str = option("5-9", "digits of the transfer task", cli="--target")
+    seed: int = option(0, "master seed")
+    # Part 1: baseline pre-training
+    val_fraction: float = option(0.1, "validation share of the source training set", cli="")
+    lr: float = option(1e-3, "Adam learning rate before tuning", cli="")
+    l2: float = option(1e-5, "L2 weight before tuning", cli="")
+    batch_size: int = option(64, "mini-batch size before tuning", cli="")
+    max_epochs: int = option(40, "epoch cap of part-1 training", unit="epochs", cli="--epochs")
+    patience: int = option(5, "early-stopping patience of part 1", unit="epochs", cli="")
+    checkpoint_every: int = option(5, "periodic checkpoint interval", unit="epochs", cli="")
+    # Part 1: cross-validated tuning (Optuna TPE)
+    trials: int = option(12, "Optuna trials")
+    folds: int = option(3, "K of the stratified K-fold")
+    tune_max_epochs: int = option(12, "epoch cap per fold while tuning", cli="")
+    tune_patience: int = option(3, "early-stopping patience while tuning", cli="")
+    # Part 1: batch norm and dropout
+    target_val_acc: float = option(0.98, "validation accuracy 'converged' means", cli="")
+    dropout_rates: tuple[float, ...] = option((0.1, 0.2, 0.3, 0.5), "dropout rates", cli="")
+    # Part 2: transfer
+    per_digit: int = option(100, "training images per target digit", unit="images")
+    val_per_digit: int = option(200, "validation images per target digit", cli="")
+    transfer_seeds: int = option(5, "transfer repeats (draws)", cli="--seeds")
+    transfer_batch_size: int = option(50, "mini-batch size of transfer", cli="")
+    # The source-tuned lr (~1e-3) left the frozen heads still improving at a 300-epoch cap;
+    # 1e-2 lets every variant stop by patience. One lr and one stopping rule for all variants.
+    transfer_lr: float = option(1e-2, "Adam learning rate of transfer", cli="")
+    transfer_max_epochs: int = option(500, "epoch cap of transfer", cli="")
+    transfer_patience: int = option(20, "early-stopping patience of transfer", cli="")
+    transfer_min_delta: float = option(1e-3, "val-loss decrease that resets patience", cli="")
+    unfreeze_lr_factor: float = option(0.1, "learning-rate factor when unfreezing", cli="")
+    device: str = option("auto", "auto (CUDA, MPS, CPU), cpu, cuda, cuda:N or mps")
+    # Tests only: keep the first N images of each split (None = all)
+    limit: int | None = option(None, "use the first N images of each split", cli="hidden")
+
+    def __post_init__(self) -> None:
+        src, tgt = parse_digits(self.source_digits), parse_digits(self.target_digits)
+        check_disjoint(src, tgt)
+        if len(src) != len(tgt):
+            raise MnistlabError(
+                f"source {self.source_digits} and target {self.target_digits} must have the same "
+                "number of digits (the reused layers feed a head of that width)"
+            )
+        if len(src) < 2:
+            raise MnistlabError("a classification task needs at least two digits")
+        check_seed(self.seed)
+        check_float(self.val_fraction, "val_fraction", 0.0, 0.5, open_lo=True)
+        for name in ("lr", "transfer_lr"):
+            check_float(getattr(self, name), name, 0.0, 10.0, open_lo=True)
+        for name in ("l2", "transfer_min_delta"):
+            check_float(getattr(self, name), name, 0.0, 1.0)
+        check_float(self.unfreeze_lr_factor, "unfreeze_lr_factor", 0.0, 100.0, open_lo=True)
+        check_float(self.target_val_acc, "target_val_acc", 0.0, 1.0)
+        for name, hi in (
+            ("batch_size", 65_536),
+            ("transfer_batch_size", 65_536),
+            ("max_epochs", 10_000),
+            ("patience", 10_000),
+            ("checkpoint_every", 10_000),
+            ("trials", 10_000),
+            ("tune_max_epochs", 10_000),
+            ("tune_patience", 10_000),
+            ("transfer_seeds", 1000),
+            ("transfer_max_epochs", 100_000),
+            ("transfer_patience", 100_000),
+        ):
+            check_int(getattr(self, name), f"--{name.replace('_', '-')}", 1, hi)
+        smallest = min(COUNTS["train"][d] for d in src)
+        check_int(self.folds, "--folds", 2, smallest)
+        for rate in self.dropout_rates:
+            check_float(rate, "dropout rate", 0.0, 1.0, open_lo=True)
+            if rate >= 1:
+                raise MnistlabError(f"dropout rate must be below 1, got {rate}")
+        check_int(self.per_digit, "--per-digit", 1, 10**6)
+        check_int(self.val_per_digit, "val_per_digit", 1, 10**6)
+        check_device(self.device)
+        if self.limit is not None:
+            check_int(self.limit, "limit", 1, sum(COUNTS["test"]))
+        self.check_target_counts(COUNTS["train"])
+
+    def check_target_counts(self, counts: tuple[int, ...] | list[int]) -> None:
+        """Enough training images of every target digit (``counts`` per digit 0–9)."""
+        need = self.per_digit + self.val_per_digit
+        for d in parse_digits(self.target_digits):
+            if counts[d] < need:
+                raise MnistlabError(
+                    f"digit {d} has only {counts[d]} training images; {self.per_digit} per digit "
+                    f"for training + {self.val_per_digit} for validation = {need} needed"
+                )
+
+    @property
+    def n_classes(self) -> int:
+        return len(parse_digits(self.source_digits))
+
+
+def mlp_config(cfg: DigitsConfig, **kw) -> MLPConfig:
+    """The study's 5×100 MLP for the source task (``kw``: batch_norm, dropout)."""
+    return MLPConfig(n_classes=cfg.n_classes, **kw)
+
+
+@dataclass
+class Data:
+    x_train: torch.Tensor  # uint8 [N, 28, 28]
+    y_train: torch.Tensor  # labels remapped to 0..k-1
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def load_digits(digits: str, limit: int | None = None, data_dir: Path | str | None = None) -> Data:
+    """The images of ``digits`` (uint8, flattened to floats only per batch) with labels
+    remapped to 0..k-1."""
+    parts = []
+    for split in ("train", "test"):
+        images, labels = load_mnist(split, data_dir)
+        if limit is not None:
+            images, labels = images[:limit], labels[:limit]
+        idx, y = select_digits(labels, digits)
+        parts += [images[idx], y]
+    return Data(*parts)
+
+
+def to_flat(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[..., 28, 28]`` → float ``[..., 784]`` in [0, 1] (the MLP's input)."""
+    return images.flatten(-2).float() / 255.0
+
+
+def macro_precision(y_true: torch.Tensor, y_pred: torch.Tensor) -> float:
+    from sklearn.metrics import precision_score
+
+    return float(precision_score(y_true.numpy(), y_pred.numpy(), average="macro", zero_division=0))
+
+
+@torch.inference_mode()
+def test_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Accuracy, macro precision and loss of a solo model (eval mode) on uint8 images."""
+    model.eval()
+    logits = torch.cat([model(to_flat(part)) for part in x.split(4096)])
+    preds = logits.argmax(1)
+    return {
+        "test_correct": pack_correct((preds == y).numpy()),
+        "test_n": len(y),
+        "test_acc": float((preds == y).float().mean()),
+        "test_precision": macro_precision(y, preds),
+        "test_loss": float(torch.nn.functional.cross_entropy(logits, y)),
+    }
+
+
+def load_model(path: Path | str, expect: MLPConfig | None = None) -> MLP:
+    """Rebuild an MLP from a standalone checkpoint (``best.pt``, ``final.pt``, ``epoch_N.pt``)."""
+    state = load_checkpoint(path)
+    if not isinstance(state.get("config"), dict):
+        raise MnistlabError(f"{path} is not an mnistlab MLP checkpoint")
+    try:
+        config = MLPConfig.from_dict(state["config"])
+    except TypeError:
+        raise MnistlabError(f"{path} is a checkpoint of another architecture") from None
+    if expect is not None and config != expect:
+        raise MnistlabError(f"{path} holds a {config} model, expected {expect}")
+    model = MLP(config)
+    load_state_strict(model, state["model"], str(path))
+    return model.eval()

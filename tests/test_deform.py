@@ -44,20 +44,38 @@ def test_expand_layout_kinds_and_cache(digits, tmp_cache, monkeypatch):
     assert e.images.shape == (3 * n, 28, 28) and e.images.dtype == torch.uint8
     assert e.kind.tolist() == [0] * n + [1] * n + [2] * n
     assert torch.equal(e.labels, y.repeat(3)) and torch.equal(e.images[:n], x)
-    files = list((tmp_cache / "expand").glob("*.npz"))
+    files = list((tmp_cache / "expand").glob("*.npy"))
     assert len(files) == 1
 
     def boom(*a, **k):
         raise AssertionError("should have been loaded from the cache")
 
+    real = dmod.elastic
     monkeypatch.setattr(dmod, "elastic", boom)
     again = expand(x, y, seed=0, workers=1)
     assert torch.equal(again.images, e.images)
-    monkeypatch.undo()
+    monkeypatch.setattr(dmod, "elastic", real)  # (undo() would also drop the tmp cache)
     other = expand(x, y, seed=0, params=DeformParams(sigma=3.0), workers=1)  # new key
     assert not torch.equal(other.images[n : 2 * n], e.images[n : 2 * n])
     files[0].write_bytes(b"corrupt")  # a damaged cache file is recomputed, not trusted
     assert torch.equal(expand(x, y, seed=0, workers=1).images, e.images)
+    raw = bytearray(files[0].read_bytes())
+    raw[-10] ^= 0x01  # one flipped bit inside the stored pixels
+    files[0].write_bytes(bytes(raw))
+    assert torch.equal(expand(x, y, seed=0, workers=1).images, e.images)
+    raw = bytearray(files[0].read_bytes())
+    raw[20] ^= 0x01  # a flipped bit in the digest header
+    files[0].write_bytes(bytes(raw))
+    assert torch.equal(expand(x, y, seed=0, workers=1).images, e.images)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"sigma": float("nan")}, {"sigma": -1.0}, {"zoom_factor": float("inf")}, {"zoom_factor": 0.5}],
+)
+def test_deformation_parameters_are_validated(params):
+    with pytest.raises(MnistlabError, match="finite number"):
+        DeformParams(**params)
 
 
 def test_broken_elasticdeform_explains_the_fix(monkeypatch):

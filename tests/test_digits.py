@@ -8,17 +8,25 @@ from mnistlab.errors import MnistlabError
 from mnistlab.models.mlp import MLPConfig, build_mlp
 from mnistlab.studies import digits as dg
 from mnistlab.studies import digits_transfer as tr
+from mnistlab.studies import digits_tune
+from mnistlab.studies.digits_common import load_model
 from mnistlab.train.checkpoint import save_checkpoint
-from mnistlab.train.fit import FitConfig, adam_with_l2, fit
-from mnistlab.train.loop import predict_logits
 
-
-def _synthetic(n=300, seed=0, classes=5):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % classes
-    centres = torch.randn(classes, 784, generator=g)
-    x = (centres[y] + 0.8 * torch.randn(n, 784, generator=g)).sigmoid()
-    return x, y
+TINY = dict(
+    limit=4000,
+    trials=3,
+    folds=2,
+    tune_max_epochs=2,
+    max_epochs=3,
+    checkpoint_every=1,
+    transfer_seeds=2,
+    transfer_max_epochs=20,
+    transfer_patience=5,
+    per_digit=20,
+    val_per_digit=20,
+    dropout_rates=(0.3,),
+    device="cpu",
+)
 
 
 def test_xavier_init_statistics():
@@ -35,9 +43,10 @@ def test_xavier_init_statistics():
     assert torch.equal(same.head.weight, model.head.weight)
 
 
-def _one_step(model, x, y):
+def _one_step(model):
+    x, y = torch.rand(64, 784), torch.arange(64) % 5
     before = {k: v.clone() for k, v in model.named_parameters()}
-    opt = adam_with_l2(model, 1e-2, 1e-4)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()
     torch.nn.functional.cross_entropy(model(x), y).backward()
     opt.step()
@@ -49,24 +58,19 @@ def _one_step(model, x, y):
     [("frozen5", set()), ("reuse4", set()), ("unfreeze2", {3, 4}), ("scratch", {0, 1, 2, 3, 4})],
 )
 def test_only_the_right_parameters_train(variant, changed_blocks):
-    x, y = _synthetic(64)
     source = build_mlp(MLPConfig(), seed=1)
     if variant == "scratch":
-        model = build_mlp(MLPConfig(), seed=2)
-        prefix = "hidden"
+        model, prefix = build_mlp(MLPConfig(), seed=2), "hidden"
     else:
-        model = tr.Reused(source, 4 if variant == "reuse4" else 5, 5, seed=2)
+        model, prefix = tr.Reused(source, 4 if variant == "reuse4" else 5, 5, seed=2), "stack"
         if variant == "unfreeze2":
             model.unfreeze(2)
-        prefix = "stack"
-    changed = _one_step(model, x, y)
-    blocks = {int(k.split(".")[1]) for k in changed if k.startswith(prefix)}
-    assert blocks == changed_blocks
+    changed = _one_step(model)
+    assert {int(k.split(".")[1]) for k in changed if k.startswith(prefix)} == changed_blocks
     assert {"head.weight", "head.bias"} <= changed
-    if variant != "scratch":  # the source model itself is never modified
-        assert torch.equal(
-            source.hidden[0][0].weight, build_mlp(MLPConfig(), seed=1).hidden[0][0].weight
-        )
+    assert torch.equal(
+        source.hidden[0][0].weight, build_mlp(MLPConfig(), seed=1).hidden[0][0].weight
+    )
 
 
 def test_frozen_blocks_stay_in_eval_mode():
@@ -78,158 +82,174 @@ def test_frozen_blocks_stay_in_eval_mode():
     assert [b.training for b in model.stack] == [False, False, False, True, True]
 
 
-def test_cached_and_uncached_paths_give_the_same_logits():
-    x, _ = _synthetic(50)
-    model = tr.Reused(build_mlp(MLPConfig(), seed=0), 5, 5, seed=3).eval()
-    with torch.inference_mode():
-        direct = model(x)
-        cached = model.head(model.features(x).clone())
-    torch.testing.assert_close(direct, cached)
-
-
-def test_cached_variant_matches_uncached_training():
-    x, y = _synthetic(400)
-    td = tr.TransferData((x[:100], y[:100]), (x[100:200], y[100:200]), (x[200:], y[200:]))
-    cfg = dg.DigitsConfig(transfer_max_epochs=15, transfer_patience=5)
-    hp = {"lr": 1e-3, "l2": 1e-5, "batch_size": 32}
-    source = build_mlp(MLPConfig(), seed=0)
-    _, a = tr.run_variant("frozen5", source, td, cfg, hp, seed=4)
-    _, b = tr.run_variant("cached5", source, td, cfg, hp, seed=4)
-    assert a["best_epoch"] == b["best_epoch"]
-    assert abs(a["test_acc"] - b["test_acc"]) < 0.01
-
-
-def test_checkpoints_reload_identically_and_resume_after_interrupt(tmp_path):
-    x, y = _synthetic(200)
-    train, val = (x[:150], y[:150]), (x[150:], y[150:])
-    mcfg = MLPConfig(dropout=0.2)
-    cfg = FitConfig(lr=1e-3, batch_size=32, max_epochs=6, patience=10)
-
-    ref = build_mlp(mcfg, seed=0)
-    ref_res = fit(
-        ref,
-        train,
-        val,
-        cfg,
-        seed=0,
-        ckpt_dir=tmp_path / "ref",
-        checkpoint_every=2,
-        model_config=mcfg.to_dict(),
-    )
-    names = sorted(p.name for p in (tmp_path / "ref").glob("*.pt"))
-    assert names == [
-        "best.pt",
-        "epoch_002.pt",
-        "epoch_004.pt",
-        "epoch_006.pt",
-        "final.pt",
-        "last.pt",
-    ]
-    loaded = dg.load_model(tmp_path / "ref" / "best.pt", mcfg)
-    torch.testing.assert_close(predict_logits(loaded, x), predict_logits(ref, x), rtol=0, atol=0)
-    final = dg.load_model(tmp_path / "ref" / "final.pt")
-    assert final.config == mcfg
-
-    def interrupt(epoch):
-        if epoch == 5:
-            raise KeyboardInterrupt
-
-    m1 = build_mlp(mcfg, seed=0)
-    with pytest.raises(KeyboardInterrupt):
-        fit(
-            m1,
-            train,
-            val,
-            cfg,
-            seed=0,
-            ckpt_dir=tmp_path / "run",
-            checkpoint_every=2,
-            model_config=mcfg.to_dict(),
-            on_epoch=interrupt,
-        )
-    m2 = build_mlp(mcfg, seed=0)  # a fresh process would start like this
-    res = fit(
-        m2,
-        train,
-        val,
-        cfg,
-        seed=0,
-        ckpt_dir=tmp_path / "run",
-        checkpoint_every=2,
-        model_config=mcfg.to_dict(),
-    )
-    assert [r["val_loss"] for r in res.history] == [r["val_loss"] for r in ref_res.history]
-    for a, b in zip(m2.state_dict().values(), ref.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
-
-
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     other = build_mlp(MLPConfig(hidden=(50, 50)), seed=0)
     save_checkpoint(
         tmp_path / "o.pt", {"config": other.config.to_dict(), "model": other.state_dict()}
     )
     with pytest.raises(MnistlabError, match="expected"):
-        dg.load_model(tmp_path / "o.pt", MLPConfig())
+        load_model(tmp_path / "o.pt", MLPConfig())
     save_checkpoint(
         tmp_path / "w.pt", {"config": MLPConfig().to_dict(), "model": other.state_dict()}
     )
     with pytest.raises(MnistlabError, match="does not fit this architecture"):
-        dg.load_model(tmp_path / "w.pt")
+        load_model(tmp_path / "w.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(MnistlabError, match="cannot load checkpoint"):
-        dg.load_model(tmp_path / "junk.pt")
+    with pytest.raises(MnistlabError, match="corrupt"):
+        load_model(tmp_path / "junk.pt")
 
 
-def test_tiny_tuning_run_writes_a_readable_optuna_study(tmp_path):
-    import optuna
+def test_pretrain_checkpoints_reload_identically(tmp_path, mnist):
+    cfg = dg.DigitsConfig(**TINY)
+    res = dg.run(cfg, tmp_path, parts=("pretrain",))["pretrain"]
+    folder = tmp_path / "pretrain" / "checkpoints"
+    assert res["checkpoints"] == [
+        "best.pt",
+        "epoch_001.pt",
+        "epoch_002.pt",
+        "epoch_003.pt",
+        "final.pt",
+    ]
+    best = load_model(folder / "best.pt", MLPConfig())
+    data = dg.load_digits("0-4", cfg.limit)
+    from mnistlab.studies.digits_common import test_metrics
 
-    x, y = _synthetic(300)
-    data = dg.Data(x, y, x[:50], y[:50])
-    cfg = dg.DigitsConfig(trials=2, folds=2, tune_max_epochs=2, tune_patience=1)
-    res = dg._part_tune(cfg, data, tmp_path, dg.Progress())
-    study = optuna.load_study(
-        study_name="digits-cv", storage=f"sqlite:///{tmp_path / 'tune' / 'optuna.db'}"
-    )
-    assert len(study.trials) == 2
-    assert set(res["best"]) == {"lr", "l2", "batch_size"} and len(res["fold_acc"]) == 2
-    assert (tmp_path / "tune" / "model.pt").is_file()
-    more = dg._part_tune(
-        dg.DigitsConfig(trials=3, folds=2, tune_max_epochs=2, tune_patience=1),
-        data,
-        tmp_path,
-        dg.Progress(),
-    )  # resumes: runs one more trial only
-    assert more["n_trials"] == 3
-
-
-def test_cli_bad_digit_input_exits_2(tmp_path, capsys, mnist):
-    assert main(["run", "digits", "--target", "3-7", "--results", str(tmp_path)]) == 2
-    assert "overlap" in capsys.readouterr().err
-    assert main(["run", "digits", "--per-digit", "9000", "--results", str(tmp_path)]) == 2
-    assert "digit 5 has only 5421" in capsys.readouterr().err
+    assert test_metrics(best, data.x_test, data.y_test)["test_acc"] == res["test_acc"]
+    assert load_model(folder / "final.pt").config == MLPConfig()
 
 
 def test_end_to_end_tiny_digits_run(tmp_path, mnist):
-    cfg = dg.DigitsConfig(
-        limit=4000,
-        trials=2,
-        folds=2,
-        tune_max_epochs=2,
-        max_epochs=3,
-        transfer_seeds=2,
-        transfer_max_epochs=20,
-        transfer_patience=5,
-        per_digit=20,
-        val_per_digit=20,
-        dropout_rates=(0.3,),
-    )
+    cfg = dg.DigitsConfig(**TINY)
     res = dg.run(cfg, tmp_path / "run")
     for v in dg.VARIANTS:
         assert len(res[v]["seeds"]) == 2
     for a, b in zip(res["frozen5"]["seeds"], res["cached5"]["seeds"], strict=True):
-        assert abs(a["test_acc"] - b["test_acc"]) < 0.01
+        assert a["test_acc"] == b["test_acc"]  # caching changes speed, not results
+    assert res["unfreeze2"]["base_variant"] in ("frozen5", "reuse4")
     assert (tmp_path / "run" / "metrics.json").is_file()
     assert (tmp_path / "run" / "transfer" / "bars.png").is_file()
     assert (tmp_path / "run" / "batchnorm" / "curves.png").is_file()
     again = dg.run(cfg, tmp_path / "run", parts=("unfreeze",))  # finished parts are loaded
     assert again["unfreeze2"]["seeds"] == res["unfreeze2"]["seeds"]
+
+
+def _tune(tmp_path, **kw):
+    cfg = dg.DigitsConfig(**{**TINY, "trials": 4, **kw})
+    return dg.run(cfg, tmp_path, parts=("tune",))["tune"]
+
+
+def _sequence(result):
+    """The finished trials' parameters and scores, in order (failed attempts left out)."""
+    return [
+        (t["lr"], t["l2"], t["batch_size"], t["state"], t["value"]) for t in result["trial_params"]
+    ]
+
+
+def test_tuning_resumes_to_the_same_trials_after_ctrl_c(tmp_path, mnist, monkeypatch):
+    ref = _tune(tmp_path / "ref")
+    calls = {"n": 0}
+    real = digits_tune.run_trial
+
+    def interrupted(ctx, trial, hp):
+        calls["n"] += 1
+        if calls["n"] == 3:  # Ctrl-C inside the third trial
+            raise KeyboardInterrupt
+        return real(ctx, trial, hp)
+
+    monkeypatch.setattr(digits_tune, "run_trial", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _tune(tmp_path / "run")
+    monkeypatch.setattr(digits_tune, "run_trial", real)
+    resumed = _tune(tmp_path / "run")
+    assert _sequence(resumed) == _sequence(ref)
+    assert resumed["best"] == ref["best"] and resumed["test_acc"] == ref["test_acc"]
+
+
+def test_tuning_resumes_to_the_same_trials_after_sigkill(tmp_path, mnist):
+    """A real process, killed while a trial runs: the trial is left RUNNING in the database,
+    and the resumed tuning re-runs it with its parameters."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+
+    cfg = dg.DigitsConfig(limit=4000, trials=4, folds=2, device="cpu")
+    ref = dg.run(cfg, tmp_path / "ref", parts=("tune",))["tune"]
+    root = tmp_path / "results"
+    argv = ["run", "digits", "--part", "tune", "--limit", "4000", "--trials", "4", "--folds", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mnistlab", *argv, "--device", "cpu", "--results", str(root)],
+        env={**os.environ, "MNISTLAB_PROGRESS": "lines"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    folder = root / "digits" / dg.runs.config_hash(cfg)
+    db = folder / "tune" / "optuna.db"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                trials = optuna.load_study(study_name="digits-cv", storage=f"sqlite:///{db}").trials
+            except Exception:  # not created yet
+                trials = []
+            if (
+                trials
+                and any(t.state.name == "COMPLETE" for t in trials)
+                and trials[-1].state.name == "RUNNING"
+            ):
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    states = [
+        t.state.name
+        for t in optuna.load_study(study_name="digits-cv", storage=f"sqlite:///{db}").trials
+    ]
+    assert "RUNNING" in states  # killed mid-trial
+    resumed = dg.run(cfg, folder, parts=("tune",))["tune"]
+    assert _sequence(resumed) == _sequence(ref)
+    assert resumed["best"] == ref["best"] and resumed["test_acc"] == ref["test_acc"]
+
+
+def test_a_tampered_trial_is_refused(tmp_path, mnist):
+    import sqlite3
+
+    _tune(tmp_path, trials=2)
+    db = tmp_path / "tune" / "optuna.db"
+    with sqlite3.connect(db) as con:  # an impossible accuracy written into the database
+        con.execute("UPDATE trial_values SET value = 1.93")
+    (tmp_path / "tune" / "result.json").unlink()
+    with pytest.raises(MnistlabError, match="does not verify"):
+        _tune(tmp_path, trials=2)
+    db.write_bytes(b"SQLite format 3\x00" + b"\x00" * 50)  # a truncated database
+    with pytest.raises(MnistlabError, match="tuning database"):
+        _tune(tmp_path, trials=2)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--target", "3-7"], "overlap"),
+        (["--per-digit", "9000"], "digit 5 has only 5421"),
+        (["--source", "0-4", "--target", "5-8"], "same number of digits"),
+        (["--folds", "100000"], "--folds"),
+        (["--target", "6-10"], "0–9"),
+        (["--trials", "0"], "--trials"),
+    ],
+)
+def test_cli_bad_digit_input_exits_2(argv, message, tmp_path, capsys):
+    code = _exit(["run", "digits", "--results", str(tmp_path), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # no results folder for a rejected config
+
+
+def _exit(argv):
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code

@@ -58,11 +58,15 @@ def test_feature_cache_hits_and_recomputes_when_corrupt(tmp_path):
     a, hit = cached_features(tmp_path, "k", compute)
     b, hit2 = cached_features(tmp_path, "k", compute)
     assert (hit, hit2, len(calls)) == (False, True, 1) and torch.equal(a, b)
-    raw = bytearray((tmp_path / "k.npy").read_bytes())
-    raw[-1] ^= 0xFF  # flip a bit of the stored features
-    (tmp_path / "k.npy").write_bytes(bytes(raw))
-    c, hit3 = cached_features(tmp_path, "k", compute)
-    assert not hit3 and len(calls) == 2 and torch.equal(c, a)
+    for name, offset in (("k.npy", -1), ("k.npy", 3), ("k.sha256", 0), ("k.sha256", 5)):
+        raw = bytearray((tmp_path / name).read_bytes())  # data, header, sidecar (non-ASCII too)
+        raw[offset] ^= 0x80
+        (tmp_path / name).write_bytes(bytes(raw))
+        c, hit3 = cached_features(tmp_path, "k", compute)
+        assert not hit3 and torch.equal(c, a)
+    (tmp_path / "k.sha256").unlink()
+    assert not cached_features(tmp_path, "k", compute)[1]
+    assert len(calls) == 6
 
 
 def test_weights_resolution_errors_and_random_label(offline_hub, tmp_path):
@@ -80,6 +84,9 @@ def test_weights_resolution_errors_and_random_label(offline_hub, tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"garbage")
     with pytest.raises(MnistlabError, match="cannot read weights file"):
         bb.resolve_weights("resnet50", str(tmp_path / "bad.pt"))
+    torch.save({"state_dict": other, "meta": "not a dict"}, tmp_path / "meta.pt")
+    with pytest.raises(MnistlabError, match="meta"):
+        bb.resolve_weights("resnet18", str(tmp_path / "meta.pt"))
 
 
 def torchvision_state(name):
@@ -109,6 +116,7 @@ def _tiny(**kw):
         test_limit=30,
         image_size=32,
         extract_batch=16,
+        device="cpu",
     )
     return fewshot.FewshotConfig(**{**base, **kw})
 
@@ -144,9 +152,42 @@ def test_missing_backbone_is_skipped_in_run_all_mode(tmp_path, mnist, offline_hu
     assert m["backbones"] == {} and "vgg16" in m["skipped"]
 
 
+def test_fewshot_resumes_to_the_same_numbers(tmp_path, mnist, tmp_cache):
+    from tests.test_stn import _Interrupt
+
+    cfg = _tiny(epochs=4, sizes=(1, 2, 3))
+    ref = fewshot.run(cfg, tmp_path / "ref")
+    with pytest.raises(KeyboardInterrupt):  # features cached, the heads of size 2 half-trained
+        fewshot.run(cfg, tmp_path / "run", progress=_Interrupt(6))
+    resumed = fewshot.run(cfg, tmp_path / "run")
+    a, b = ref["backbones"]["resnet18"], resumed["backbones"]["resnet18"]
+    assert a["table"] == b["table"] and a["mean_curves"] == b["mean_curves"]
+
+
+def test_auto_precision_never_picks_emulated_bf16(monkeypatch):
+    from mnistlab.train import features
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(features, "fast_cpu_bf16", lambda: False)
+    assert features.resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(features, "fast_cpu_bf16", lambda: True)
+    assert features.resolve_precision("auto", cpu) == "bf16"
+    assert features.resolve_precision("auto", torch.device("cuda")) == "fp16"
+
+
 @pytest.mark.parametrize(
     "argv",
-    [["--backbone", "alexnet"], ["--sizes", ""], ["--sizes", "10,7000"], ["--sizes", "0"]],
+    [
+        ["--backbone", "alexnet"],
+        ["--sizes", ""],
+        ["--sizes", "10,7000"],
+        ["--sizes", "0"],
+        ["--sizes", "2,2"],
+        ["--lr", "nan"],
+        ["--seed", "-1"],
+        ["--epochs", "0"],
+        ["--device", "cuda:x"],
+    ],
 )
 def test_fewshot_cli_bad_input_exits_2(argv, tmp_path, mnist, capsys):
     try:

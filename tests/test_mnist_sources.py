@@ -134,3 +134,10 @@ def test_cache_load_is_fast(mnist):
     assert mod.mnist_info().source == "cache"
     # "well under a second" on the 2-core CI machine; generous bound against noisy neighbours
     assert time.perf_counter() - t < 3.0
+
+
+def test_pinned_per_digit_counts_match_the_data(mnist):
+    from mnistlab.data import COUNTS
+
+    for split in ("train", "test"):
+        assert tuple(mnist[split][1].bincount().tolist()) == COUNTS[split]

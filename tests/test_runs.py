@@ -2,7 +2,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from mnistlab import io as mio
 from mnistlab import runs
+from mnistlab.errors import AlreadyRunningError, CorruptFileError, MnistlabError
 
 
 @dataclass(frozen=True)
@@ -18,37 +20,84 @@ def test_config_hash_stable_and_sensitive():
 
 def test_atomic_write_failure_leaves_old_file_and_no_temp(tmp_path):
     target = tmp_path / "x.json"
-    runs.atomic_write_json(target, {"a": 1})
+    runs.write_json(target, {"a": 1})
 
     class Boom:
         pass
 
     with pytest.raises(TypeError):
-        runs.atomic_write_json(target, {"a": Boom()})
+        runs.write_json(target, {"a": Boom()})
     assert runs.read_json(target) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda raw: raw[: len(raw) // 2],  # truncated
+        lambda raw: raw.replace(b'"a": 1', b'"a": 7'),  # a changed number
+        lambda raw: b"{}",  # no digest
+        lambda raw: b"\xff\xfe\x00garbage",  # not UTF-8
+        lambda raw: raw.replace(b'"_sha256": "', b'"_sha256": "0'),  # a damaged digest
+    ],
+)
+def test_verified_json_refuses_any_damage(tmp_path, damage):
+    path = tmp_path / "m.json"
+    runs.write_json(path, {"a": 1, "b": [0.5, float("nan")], "c": {"d": "e"}})
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(CorruptFileError, match=r"m\.json"):
+        runs.read_json(path)
+
+
+def test_verified_container_refuses_any_damage(tmp_path):
+    path = tmp_path / "c.bin"
+    mio.write_verified(path, b"payload" * 100)
+    assert mio.read_verified(path) == b"payload" * 100
+    raw = path.read_bytes()
+    for offset in (0, 20, len(raw) - 1):
+        bad = bytearray(raw)
+        bad[offset] ^= 0x01
+        path.write_bytes(bytes(bad))
+        with pytest.raises(CorruptFileError):
+            mio.read_verified(path)
+
+
 def test_run_lifecycle(tmp_path):
     folder = runs.run_dir(tmp_path, "study", Cfg())
-    runs.start_run(folder, Cfg(), seed=3)
-    assert not runs.is_complete(folder)
-    cfg = runs.read_json(folder / "config.json")
-    assert cfg["config"]["lr"] == 0.1 and cfg["seed"] == 3 and "torch" in cfg["environment"]
-    runs.finish_run(folder, {"acc": 0.9})
+    with runs.Run(folder, Cfg(), provenance={"source": "test"}) as run:
+        assert run.finished is None
+        cfg = runs.read_json(folder / "config.json")
+        assert cfg["config"]["lr"] == 0.1 and cfg["data"] == {"source": "test"}
+        assert "torch" in cfg["environment"] and cfg["results_format"] == runs.RESULTS_FORMAT
+        assert not runs.is_complete(folder)
+        run.finish({"acc": 0.9})
     assert runs.is_complete(folder)
-    runs.atomic_write_csv(folder / "h.csv", [{"epoch": 1, "a": 2}, {"epoch": 2, "b": 3}])
-    assert runs.read_csv(folder / "h.csv")[1] == {"epoch": "2", "a": "", "b": "3"}
-
-
-def test_begin_resumes_skips_finished_and_force_clears(tmp_path):
-    folder = tmp_path / "run"
-    assert runs.begin(folder, Cfg(), force=False) is None  # fresh: config written
+    with runs.Run(folder, Cfg()) as run:  # finished: loaded, not redone
+        assert run.finished == {"acc": 0.9}
     (folder / "checkpoint.pt").write_bytes(b"x")
-    assert runs.begin(folder, Cfg(), force=False) is None  # interrupted: checkpoints kept
-    assert (folder / "checkpoint.pt").is_file()
-    runs.finish_run(folder, {"acc": 1.0})
-    assert runs.begin(folder, Cfg(), force=False) == {"acc": 1.0}  # finished: not redone
     (folder / "run.log").write_text("log")
-    assert runs.begin(folder, Cfg(), force=True) is None
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "run.log"]
+    with runs.Run(folder, Cfg(), force=True) as run:
+        assert run.finished is None
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", "config.json", "run.log"]
+
+
+def test_a_run_folder_has_one_writer(tmp_path):
+    with (
+        runs.Run(tmp_path, Cfg()),
+        pytest.raises(AlreadyRunningError, match=r"already being computed by PID \d+"),
+        runs.Run(tmp_path, Cfg()),
+    ):
+        pass
+    with runs.Run(tmp_path, Cfg()):  # released when the first writer is done
+        pass
+
+
+def test_a_corrupt_finished_result_names_the_remedy(tmp_path):
+    with runs.Run(tmp_path, Cfg()) as run:
+        run.finish({"acc": 0.9})
+    (tmp_path / "metrics.json").write_text('{"acc": 0.9')
+    with (
+        pytest.raises(MnistlabError, match=r"metrics\.json is corrupt.*--force"),
+        runs.Run(tmp_path, Cfg()),
+    ):
+        pass

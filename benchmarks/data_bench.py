@@ -12,7 +12,7 @@ import time
 from mnistlab.data import expand, load_mnist
 from mnistlab.data import mnist as mnist_mod
 from mnistlab.data.deform import default_workers
-from mnistlab.runs import atomic_write_json, environment
+from mnistlab.runs import environment, write_json
 
 
 def main() -> None:
@@ -43,7 +43,7 @@ def main() -> None:
         print(f"expand {args.n}→{3 * args.n} with {workers} worker(s): {dt:.2f} s")
     print(f"load 70k from cache: {min(loads) * 1000:.0f} ms")
     result["environment"] = environment()
-    atomic_write_json(args.output, result)
+    write_json(args.output, result)
 
 
 if __name__ == "__main__":

@@ -2,22 +2,25 @@
 
     python benchmarks/fewshot_sweep.py [--backbone resnet50] [--seeds 2] [--test-limit 2000]
 Prints, per optimizer/lr and size, the best test accuracy, its epoch and the final accuracy.
+Every learning rate of one optimizer and seed trains as one stack of the engine.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from mnistlab.data import load_mnist
 from mnistlab.models.backbones import build_model, head_of, new_linear, resolve_weights
+from mnistlab.models.stack import StackedLinear
 from mnistlab.progress import Progress
-from mnistlab.runs import atomic_write_json
+from mnistlab.runs import write_json
 from mnistlab.studies.fewshot import FewshotConfig, _features, seed_splits
-from mnistlab.train.features import FrozenFeatures
-from mnistlab.train.loop import evaluate, train_epoch
+from mnistlab.train.engine import Member, Pool, Schedule, train_stack
+from mnistlab.train.features import FrozenFeatures, resolve_precision
+
+GRID = {"adam": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2), "sgd": (1e-2, 1e-1)}
 
 
 def main() -> None:
@@ -35,48 +38,63 @@ def main() -> None:
     w = resolve_weights(args.backbone)
     model = build_model(args.backbone, w)
     splits = seed_splits(y, cfg)
-    pool = torch.unique(
+    pool_idx = torch.unique(
         torch.cat([torch.cat([s["val"], *s["sizes"].values()]) for s in splits.values()])
     )
-    frozen = FrozenFeatures(model, model.head_path, torch.device("cpu"), "bf16")
+    cpu = torch.device("cpu")
+    frozen = FrozenFeatures(model, model.head_path, cpu, resolve_precision("auto", cpu))
     p = Progress()
-    pf = _features(args.backbone, w.digest, frozen, x[pool], "pool", 64, p)
-    tf = _features(args.backbone, w.digest, frozen, xt, "test", 64, p)
+    pf = _features(args.backbone, w.digest, frozen, x[pool_idx], "pool", 32, p)
+    tf = _features(args.backbone, w.digest, frozen, xt, "test", 32, p)
+    pool = Pool(torch.cat([pf, tf]), torch.cat([y[pool_idx], yt]))
     row = torch.full((len(y),), -1, dtype=torch.long)
-    row[pool] = torch.arange(len(pool))
+    row[pool_idx] = torch.arange(len(pool_idx))
+    test = torch.arange(len(pool_idx), len(pool.y))
+    width = head_of(model).in_features
     results = []
-    for opt_name, lrs in (("adam", (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)), ("sgd", (1e-2, 1e-1))):
-        for lr in lrs:
-            for seed, sp in splits.items():
-                for n in cfg.sizes:
-                    idx = sp["sizes"][n]
-                    head = new_linear(head_of(model).in_features, 10, seed)
-                    opt = (
-                        torch.optim.Adam(head.parameters(), lr=lr)
-                        if opt_name == "adam"
-                        else torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9)
+    for opt, lrs in GRID.items():
+        for seed, sp in splits.items():
+            for n in cfg.sizes:
+                members = [
+                    Member(
+                        seed=seed,
+                        state=new_linear(width, 10, seed).state_dict(),
+                        train=row[sp["sizes"][n]],
+                        lr=lr,
+                        meta={"lr": lr},
                     )
-                    g = torch.Generator().manual_seed(seed)
-                    accs = []
-                    t = time.perf_counter()
-                    for _ in range(args.epochs):
-                        train_epoch(head, pf[row[idx]], y[idx], opt, batch_size=32, generator=g)
-                        accs.append(evaluate(head, tf, yt).acc)
+                    for lr in lrs
+                ]
+                res = train_stack(
+                    StackedLinear(),
+                    members,
+                    pool,
+                    Schedule(
+                        epochs=args.epochs,
+                        batch_size=32,
+                        optimizer=opt,
+                        momentum=0.9 if opt == "sgd" else 0.0,
+                    ),
+                    trainable={"weight", "bias"},
+                    device=cpu,
+                    shared_evals={"test": test},
+                )
+                for k, lr in enumerate(lrs):
+                    accs = [r["test_acc"] for r in res.rows(k)]
                     best = max(range(len(accs)), key=lambda i: accs[i])
                     r = {
-                        "opt": opt_name,
+                        "opt": opt,
                         "lr": lr,
                         "seed": seed,
                         "size": n,
                         "best_acc": accs[best],
                         "best_epoch": best + 1,
-                        "acc_at_60": accs[59],
+                        "acc_at_60": accs[min(59, len(accs) - 1)],
                         "final_acc": accs[-1],
-                        "seconds": time.perf_counter() - t,
                     }
                     results.append(r)
                     print(r)
-    atomic_write_json(args.output, results)
+    write_json(args.output, {"rows": results})
 
 
 if __name__ == "__main__":

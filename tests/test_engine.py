@@ -288,3 +288,18 @@ def test_early_stopping_restores_each_members_best():
         model.load_state_dict(res.states[k])
         val_loss = F.cross_entropy(model.eval()(pool.x[400:500]), pool.y[400:500]).item()
         assert abs(val_loss - best["val_loss"]) < 1e-5
+
+
+def test_members_can_skip_a_shared_set_and_still_end_on_their_best():
+    """Few-shot's honest protocol: only some heads are scored on test every epoch; every head
+    ends on its best-validation epoch (earliest on ties)."""
+    ms = [_head(0, 1e-2, 100), _head(1, 3e-3, 100)]
+    ms[0].shared = frozenset()
+    sched = Schedule(epochs=6, batch_size=32, monitor="val_acc", maximize=True, restore_best=True)
+    res = _heads(ms, sched)
+    assert all("test_acc" not in r for r in res.rows(0))
+    assert all("test_acc" in r for r in res.rows(1))
+    for k in range(2):
+        rows = res.rows(k)
+        best = max(rows, key=lambda r: (r["val_acc"], -r["epoch"]))
+        assert res.best_epoch[k] == best["epoch"]

@@ -232,3 +232,15 @@ def test_keras_resnet50_import_recognises_real_photos(tmp_path, monkeypatch):
 
     assert top1(skdata.coffee()) == "espresso"
     assert top1(skdata.chelsea()) in {"tabby", "tiger_cat", "Egyptian_cat"}
+
+
+def test_validation_chosen_heads_are_scored_once_and_consistently(tmp_path, mnist, tmp_cache):
+    """Heads not scored on test every epoch are scored once at their chosen epoch; for the
+    reported lr (scored every epoch) that single score equals the curve's value there."""
+    m = fewshot.run(_tiny(epochs=5, lr_grid=(1e-3, 1e-2)), tmp_path)
+    folder = next(tmp_path.glob("resnet18-*"))
+    rows = fewshot.runs.read_json(folder / "result.json")["rows"]
+    for r in rows:
+        if r["val_lr"] == fewshot.FewshotConfig.lr:
+            assert r["val_test_acc"] == r["val_epoch_same_lr_test_acc"]
+    assert m["backbones"]["resnet18"]["table"][0]["seeds"] == 2

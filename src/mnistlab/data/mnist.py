@@ -222,7 +222,7 @@ def _write_cache(arrays: dict[tuple[str, str], np.ndarray]) -> None:
 _MEMO: dict[tuple[str, str], tuple[MnistInfo, dict[tuple[str, str], np.ndarray]]] = {}
 
 
-def _resolve(data_dir: Path | str | None, downloaders=None):
+def _resolve(data_dir: Path | str | None):
     data_dir = data_dir if data_dir is not None else os.environ.get("MNISTLAB_DATA") or None
     memo_key = (str(data_dir), str(mnist_cache_dir()))
     if memo_key in _MEMO:
@@ -249,7 +249,7 @@ def _resolve(data_dir: Path | str | None, downloaders=None):
         if arrays is not None:
             result = (MnistInfo("cache", str(mnist_cache_dir()), digests), arrays)
     if result is None:
-        result = _download(digests, downloaders)
+        result = _download(digests)
     _MEMO[memo_key] = result
     return result
 

@@ -181,6 +181,36 @@ class StackedLinear:
         out = linear(x, wide)  # [K/G, B, G*C]
         return out.view(k // g, -1, g, c).transpose(1, 2).reshape(k, -1, c)
 
+    def loss_and_grads(
+        self,
+        p: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        row_weight: torch.Tensor,
+        step: Step,
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Cross-entropy, logits and gradients in closed form (softmax − one-hot), without an
+        autograd graph: for a linear head the graph costs more than the arithmetic.
+
+        ``row_weight`` [K, B] weighs each row's loss (1/n for the member's real rows, 0 for
+        padding), so the gradients are those of each member's mean loss.
+        """
+        with torch.no_grad():
+            logits = self.forward(p, x, step)  # [K, B, C]
+            logp = torch.log_softmax(logits, 2)
+            ce = -logp.gather(2, y.unsqueeze(2)).squeeze(2)
+            d = logp.exp_()
+            d.scatter_add_(2, y.unsqueeze(2), torch.full_like(ce, -1.0).unsqueeze(2))
+            d.mul_(row_weight.unsqueeze(2))
+            k, c, i = p["weight"].shape
+            g = step.group
+            if g == 1:
+                gw = torch.bmm(d.transpose(1, 2), x)
+            else:  # back to one wide layer per run of G members sharing the inputs
+                wide = d.view(k // g, g, -1, c).transpose(1, 2).reshape(k // g, -1, g * c)
+                gw = torch.bmm(wide.transpose(1, 2), x).view(k, c, i)
+            return ce, logits, {"weight": gw, "bias": d.sum(1)}
+
     def forward_shared(
         self, p: dict[str, torch.Tensor], x: torch.Tensor, step: Step
     ) -> torch.Tensor:

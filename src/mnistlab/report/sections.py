@@ -385,33 +385,15 @@ def explain_deform(
     tests: dict[str, Comparison],
 ) -> list[str]:
     """Findings generated from the measured scales, accuracies and their tests."""
-    lines = []
-    s_o, s_z, s_e = scale["original"], scale["zoom"], scale["elastic"]
-    rel = s_z / s_o if s_o else math.nan
-    ideal = 1 / zoom
-    undone = math.log(rel) / math.log(ideal) if rel > 0 and zoom > 1 else 0.0  # share of zoom
-    if undone >= 0.9:
-        verdict = "undid the zoom-out (almost) fully"
-    elif undone >= 0.5:
-        verdict = "undid much of the zoom-out"
-    elif undone >= 0.1:
-        verdict = "undid part of the zoom-out"
-    else:
-        verdict = "did not undo the zoom-out"
-    lines.append(
-        f"Zoom-out: the STN {verdict}. Its mean θ scale is {s_z:.3f} on zoomed-out test images "
-        f"vs {s_o:.3f} on originals: relative to originals it magnifies them {1 / rel:.2f}×, "
-        f"where a full undo of the {zoom:g}× zoom-out would need {zoom:g}× "
-        f"({100 * max(0.0, undone):.0f} % of the way, on a log scale)."
-    )
+    undone, zoom_line = _zoom_undone(scale, zoom)
+    lines = [zoom_line]
     stn, base = acc["stn"], acc["baseline"]
     for kind in ("zoom", "elastic", "original"):
-        c = tests[kind]
         lines.append(
             f"Accuracy on {kind} test images: {100 * stn[kind]:.2f} % with the STN vs "
-            f"{100 * base[kind]:.2f} % without — the {versus(c, 'STN', 'the CNN')}."
+            f"{100 * base[kind]:.2f} % without — the {versus(tests[kind], 'STN', 'the CNN')}."
         )
-    zc, ec = tests["zoom"], tests["elastic"]
+    zc = tests["zoom"]
     if undone >= 0.1 and zc.significant and zc.diff < 0:
         px = 20 / zoom  # an MNIST digit fills about a 20×20 box
         lines.append(
@@ -426,24 +408,49 @@ def explain_deform(
             "Undoing part of the zoom-out paid off: the STN is significantly more accurate on "
             "the zoomed-out digits, as expected of a transformer that learned the deformation."
         )
+    lines.append(_elastic_line(tests["elastic"], scale))
+    return lines
+
+
+def _zoom_undone(scale: dict[str, float], zoom: float) -> tuple[float, str]:
+    """How much of the zoom-out the STN undoes (share on a log scale) and the sentence."""
+    s_o, s_z = scale["original"], scale["zoom"]
+    rel = s_z / s_o if s_o else math.nan
+    undone = math.log(rel) / math.log(1 / zoom) if rel > 0 and zoom > 1 else 0.0
+    if undone >= 0.9:
+        verdict = "undid the zoom-out (almost) fully"
+    elif undone >= 0.5:
+        verdict = "undid much of the zoom-out"
+    elif undone >= 0.1:
+        verdict = "undid part of the zoom-out"
+    else:
+        verdict = "did not undo the zoom-out"
+    return undone, (
+        f"Zoom-out: the STN {verdict}. Its mean θ scale is {s_z:.3f} on zoomed-out test images "
+        f"vs {s_o:.3f} on originals: relative to originals it magnifies them {1 / rel:.2f}×, "
+        f"where a full undo of the {zoom:g}× zoom-out would need {zoom:g}× "
+        f"({100 * max(0.0, undone):.0f} % of the way, on a log scale)."
+    )
+
+
+def _elastic_line(ec: Comparison, scale: dict[str, float]) -> str:
+    s_e, s_o = scale["elastic"], scale["original"]
     if ec.significant and ec.diff > 0:
-        lines.append(
+        return (
             f"Elastic: the STN is significantly better on elastic images. An affine map cannot "
             f"undo a local random-grid warp, so the gain must come from global corrections: its "
             f"mean θ scale on elastic images is {s_e:.3f} (originals {s_o:.3f})."
         )
-    elif ec.significant and ec.diff < 0:
-        lines.append(
+    if ec.significant and ec.diff < 0:
+        return (
             "Elastic: the STN is significantly worse on elastic images; an affine map cannot "
             "undo a local random-grid warp, and the transformer's resampling costs detail."
         )
-    else:
-        lines.append(
-            "Elastic: no significant difference between the models on elastic images, as "
-            "expected of an affine transformer facing a local random-grid warp it cannot undo "
-            f"(mean θ scale on elastic images {s_e:.3f}, originals {s_o:.3f})."
-        )
-    return lines
+    return (
+        "Elastic: no significant difference between the models on elastic images, as expected "
+        "of an affine transformer facing a local random-grid warp it cannot undo (mean θ scale "
+        f"on elastic images {s_e:.3f}, originals {s_o:.3f})."
+    )
 
 
 def _paper_table(m: dict) -> Table:
@@ -652,6 +659,19 @@ def _transfer(sec: Section, folder: Path, cfg: dict) -> None:
         "One stopping rule for every variant: early stopping on validation loss, best weights "
         "restored."
     )
+    sec.tables.append(_transfer_table(variants))
+    acc = {v: [s["test_acc"] for s in r["seeds"]] for v, r in variants.items()}
+    if "frozen5" in variants and "cached5" in variants:
+        sec.paragraphs.append(_caching_sentence(variants["frozen5"], variants["cached5"], acc))
+    if "scratch" in variants and len(variants) > 1:
+        sec.paragraphs.append(_helped_sentence(variants, acc, cfg))
+    if "unfreeze2" in variants:
+        sec.paragraphs.append(_unfreeze_sentence(variants["unfreeze2"], acc, cfg))
+    sec.tables += _geron_transfer(variants, cfg)
+    sec.figures += _fig(t, "bars", "Transfer variants: test accuracy, mean ± 95 % CI")
+
+
+def _transfer_table(variants: dict[str, dict]) -> Table:
     rows = []
     for r in variants.values():
         s = r["summary"]
@@ -665,82 +685,76 @@ def _transfer(sec: Section, folder: Path, cfg: dict) -> None:
                 f"{s['epochs_run'][0]:.0f}",
             ]
         )
-    sec.tables.append(
-        Table(
-            [
-                "variant",
-                "test precision",
-                "test accuracy",
-                "training time per seed",
-                "best epoch",
-                "epochs run",
-            ],
-            rows,
-            "mean ± 95 % CI over seeds; seeds train together, time per seed = stack time / seeds",
-        )
+    return Table(
+        [
+            "variant",
+            "test precision",
+            "test accuracy",
+            "training time per seed",
+            "best epoch",
+            "epochs run",
+        ],
+        rows,
+        "mean ± 95 % CI over seeds; seeds train together, time per seed = stack time / seeds",
     )
-    acc = {v: [s["test_acc"] for s in r["seeds"]] for v, r in variants.items()}
-    if "frozen5" in variants and "cached5" in variants:
-        f, c = variants["frozen5"], variants["cached5"]
-        ratio = f["stack_seconds"] / c["stack_seconds"]
-        same = max(abs(a - b) for a, b in zip(acc["frozen5"], acc["cached5"], strict=True))
-        sec.paragraphs.append(
-            f"Caching the frozen layers made training {ratio:.1f}× "
-            f"{'faster' if ratio >= 1 else 'slower'} ({f['stack_seconds']:.2f} s → "
-            f"{c['stack_seconds']:.2f} s for all seeds, the one-off feature computation "
-            f"included); per seed the test accuracy differs by at most {points(same)} from the "
-            "uncached run (same seeds, same stopping rule)."
+
+
+def _caching_sentence(frozen: dict, cached: dict, acc: dict[str, list[float]]) -> str:
+    ratio = frozen["stack_seconds"] / cached["stack_seconds"]
+    same = max(abs(a - b) for a, b in zip(acc["frozen5"], acc["cached5"], strict=True))
+    return (
+        f"Caching the frozen layers made training {ratio:.1f}× "
+        f"{'faster' if ratio >= 1 else 'slower'} ({frozen['stack_seconds']:.2f} s → "
+        f"{cached['stack_seconds']:.2f} s for all seeds, the one-off feature computation "
+        f"included); per seed the test accuracy differs by at most {points(same)} from the "
+        "uncached run (same seeds, same stopping rule)."
+    )
+
+
+def _helped_sentence(variants: dict[str, dict], acc: dict[str, list[float]], cfg: dict) -> str:
+    """Did transfer help? The best variant on validation against training from scratch."""
+    others = {v: r for v, r in variants.items() if v != "scratch"}
+    best_v = max(others, key=lambda v: others[v]["summary"]["val_acc"][0])
+    c = paired(acc[best_v], acc["scratch"])
+    label, best = variants[best_v]["label"], pm(others[best_v]["summary"]["test_acc"])
+    scratch = pm(variants["scratch"]["summary"]["test_acc"])
+    if c.diff > 0 and c.significant:
+        return (
+            f"Transfer helped: the best variant on validation ({label}) reaches {best} test "
+            f"accuracy vs {scratch} from scratch ({c.evidence()})."
         )
-    if "scratch" in variants and len(variants) > 1:
-        others = {v: r for v, r in variants.items() if v != "scratch"}
-        best_v = max(others, key=lambda v: others[v]["summary"]["val_acc"][0])  # on validation
-        c = paired(acc[best_v], acc["scratch"])
-        label = variants[best_v]["label"]
-        if c.diff > 0 and c.significant:
-            verdict = (
-                f"Transfer helped: the best variant on validation ({label}) reaches "
-                f"{pm(others[best_v]['summary']['test_acc'])} test accuracy vs "
-                f"{pm(variants['scratch']['summary']['test_acc'])} from scratch "
-                f"({c.evidence()})."
-            )
-        elif c.diff < 0 and c.significant:
-            verdict = (
-                f"Transfer did NOT help here: training the same MLP from scratch on the "
-                f"{any_v['n_train']} images gives {pm(variants['scratch']['summary']['test_acc'])}"
-                f" test accuracy, significantly better than the best transfer variant on "
-                f"validation ({label}, {pm(others[best_v]['summary']['test_acc'])}; "
-                f"{c.evidence()}). Plausibly the top layers of a {cfg['source_digits']} "
-                f"classifier are too specific to it to serve {cfg['target_digits']}."
-            )
-        else:
-            verdict = (
-                f"Transfer made no significant difference: the best variant on validation "
-                f"({label}, {pm(others[best_v]['summary']['test_acc'])}) against "
-                f"{pm(variants['scratch']['summary']['test_acc'])} from scratch ({c.evidence()})."
-            )
-        sec.paragraphs.append(verdict)
-    if "unfreeze2" in variants:
-        u = variants["unfreeze2"]
-        base = u["base_variant"]
-        factor = cfg["unfreeze_lr_factor"]
-        lr_text = (
-            f"a {1 / factor:g}× smaller learning rate"
-            if factor < 1
-            else f"a {factor:g}× larger learning rate"
-            if factor > 1
-            else "the same learning rate"
+    if c.diff < 0 and c.significant:
+        n_train = variants["scratch"]["n_train"]
+        return (
+            f"Transfer did NOT help here: training the same MLP from scratch on the {n_train} "
+            f"images gives {scratch} test accuracy, significantly better than the best transfer "
+            f"variant on validation ({label}, {best}; {c.evidence()}). Plausibly the top layers "
+            f"of a {cfg['source_digits']} classifier are too specific to it to serve "
+            f"{cfg['target_digits']}."
         )
-        text = (
-            f"Unfreezing: the better frozen variant on validation accuracy was {base}; "
-            f"unfreezing its top two hidden layers (with {lr_text}) gives "
-            f"{pm(u['summary']['test_acc'])} test accuracy"
-        )
-        if base in acc:
-            c = paired(acc["unfreeze2"], acc[base])
-            text += f"; the {versus(c, 'unfrozen model', base + ' alone')}"
-        sec.paragraphs.append(text + ".")
-    sec.tables += _geron_transfer(variants, cfg)
-    sec.figures += _fig(t, "bars", "Transfer variants: test accuracy, mean ± 95 % CI")
+    return (
+        f"Transfer made no significant difference: the best variant on validation ({label}, "
+        f"{best}) against {scratch} from scratch ({c.evidence()})."
+    )
+
+
+def _unfreeze_sentence(u: dict, acc: dict[str, list[float]], cfg: dict) -> str:
+    base, factor = u["base_variant"], cfg["unfreeze_lr_factor"]
+    if factor < 1:
+        lr_text = f"a {1 / factor:g}× smaller learning rate"
+    elif factor > 1:
+        lr_text = f"a {factor:g}× larger learning rate"
+    else:
+        lr_text = "the same learning rate"
+    text = (
+        f"Unfreezing: the better frozen variant on validation accuracy was {base}; unfreezing "
+        f"its top two hidden layers (with {lr_text}) gives {pm(u['summary']['test_acc'])} test "
+        "accuracy"
+    )
+    if base in acc:
+        c = paired(acc["unfreeze2"], acc[base])
+        text += f"; the {versus(c, 'unfrozen model', base + ' alone')}"
+    return text + "."
 
 
 def _geron_transfer(variants: dict, cfg: dict) -> list[Table]:

@@ -151,34 +151,68 @@ def part_variant(variant: str, ctx: Context) -> dict:
     splits = {seed: transfer_split(cfg, target, seed) for seed in seeds}
     models = {seed: plan.init(seed) for seed in seeds}
     t0 = time.perf_counter()
+    pool, prepare = _inputs(variant, plan, source, target, ctx.device)
+    feature_seconds = time.perf_counter() - t0
+    res = _train(variant, plan, models, splits, pool, prepare, hp, ctx)
+    total_seconds = feature_seconds + res.seconds
+    scores = _score(variant, ctx, res, models, target, total_seconds)
+    summary = {
+        k: mean_ci([s[k] for s in scores])
+        for k in ("test_acc", "test_precision", "val_acc", "best_epoch", "epochs_run")
+    }
+    summary["seconds"] = (total_seconds / len(seeds), 0.0)
+    n_target = len(parse_digits(cfg.target_digits))
+    return {
+        "variant": variant,
+        "label": VARIANT_LABELS[variant],
+        "source_model": str(source_path.relative_to(ctx.out)),
+        "hyperparameters": {**hp, "lr": plan.lr},
+        "seeds": scores,
+        "summary": summary,
+        "stack_seconds": total_seconds,
+        "feature_seconds": feature_seconds,
+        "n_train": cfg.per_digit * n_target,
+        "n_val": cfg.val_per_digit * n_target,
+        "n_test": len(target.y_test),
+        "per_digit": cfg.per_digit,
+        "target_digits": cfg.target_digits,
+        "source_digits": cfg.source_digits,
+        **extra,
+    }
+
+
+def _inputs(variant: str, plan: Plan, source: MLP, target: Data, device: torch.device):
+    """The pool the stack indexes into and how a batch becomes the stack's input: raw images
+    through the frozen blocks every batch, or (``cached5``) the frozen blocks' output computed
+    once per image, timed with the training."""
     pool, prepare = Pool(target.x_train, target.y_train), to_flat
     if plan.frozen:
-        prepare = _frozen_trunk(source, plan.frozen, ctx.device)
-    if variant == "cached5":  # the frozen stack's output, once per image, timed with training
-        pool = Pool(prepare(target.x_train.to(ctx.device)), target.y_train)
+        prepare = _frozen_trunk(source, plan.frozen, device)
+    if variant == "cached5":
+        pool = Pool(prepare(target.x_train.to(device)), target.y_train)
         prepare = _identity
-    feature_seconds = time.perf_counter() - t0
+    return pool, prepare
+
+
+def _train(variant, plan: Plan, models, splits, pool, prepare, hp, ctx: Context) -> StackResult:
+    cfg = ctx.cfg
     any_model = next(iter(models.values()))
     prefix = "hidden" if variant == "scratch" else "stack"
-    arch = StackedMLP(
-        MLPConfig(hidden=(100,) * plan.depth, n_classes=any_model.head.out_features),
-        prefix,
-        plan.frozen,
-    )
+    shape = MLPConfig(hidden=(100,) * plan.depth, n_classes=any_model.head.out_features)
     members = [
         Member(
             seed=seed,
-            state=models[seed].state_dict(),
+            state=model.state_dict(),
             train=splits[seed][0],
             lr=plan.lr,
             weight_decay=hp["l2"],
             evals={"val": splits[seed][1]},
             meta={"variant": variant, "seed": seed},
         )
-        for seed in seeds
+        for seed, model in models.items()
     ]
-    res = train_stack(
-        arch,
+    return train_stack(
+        StackedMLP(shape, prefix, plan.frozen),
         members,
         pool,
         Schedule(
@@ -193,32 +227,8 @@ def part_variant(variant: str, ctx: Context) -> dict:
         prepare=prepare,
         checkpoint=ctx.out / "transfer" / "checkpoints" / f"{variant}.pt",
         progress=ctx.progress,
-        description=f"digits: transfer {variant} × {len(seeds)} seeds together",
+        description=f"digits: transfer {variant} × {len(members)} seeds together",
     )
-    total_seconds = feature_seconds + res.seconds
-    scores = _score(variant, ctx, res, models, target, total_seconds)
-    summary = {
-        k: mean_ci([s[k] for s in scores])
-        for k in ("test_acc", "test_precision", "val_acc", "best_epoch", "epochs_run")
-    }
-    summary["seconds"] = (total_seconds / len(seeds), 0.0)
-    return {
-        "variant": variant,
-        "label": VARIANT_LABELS[variant],
-        "source_model": str(source_path.relative_to(ctx.out)),
-        "hyperparameters": {**hp, "lr": plan.lr},
-        "seeds": scores,
-        "summary": summary,
-        "stack_seconds": total_seconds,
-        "feature_seconds": feature_seconds,
-        "n_train": cfg.per_digit * len(parse_digits(cfg.target_digits)),
-        "n_val": cfg.val_per_digit * len(parse_digits(cfg.target_digits)),
-        "n_test": len(target.y_test),
-        "per_digit": cfg.per_digit,
-        "target_digits": cfg.target_digits,
-        "source_digits": cfg.source_digits,
-        **extra,
-    }
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:

@@ -232,6 +232,36 @@ def optimise(ctx: Context, study: optuna.Study, url: str) -> None:
         task.done()
 
 
+def retrain(ctx: Context, hp: dict[str, Any], epochs: int) -> tuple[MLP, float]:
+    """The chosen configuration on every source training image for ``epochs`` epochs (no
+    validation data is left to stop on: the folds' mean best epoch count decides)."""
+    cfg, data = ctx.cfg, ctx.source
+    mcfg = mlp_config(cfg)
+    res = train_stack(
+        StackedMLP(mcfg),
+        [
+            Member(
+                seed=cfg.seed,
+                state=build_mlp(mcfg, seed=cfg.seed).state_dict(),
+                train=torch.arange(len(data.y_train)),
+                lr=hp["lr"],
+                weight_decay=hp["l2"],
+                meta={"variant": "tuned"},
+            )
+        ],
+        Pool(data.x_train, data.y_train),
+        Schedule(epochs=epochs, batch_size=hp["batch_size"]),
+        trainable={n for n, _ in MLP(mcfg).named_parameters()},
+        device=ctx.device,
+        prepare=to_flat,
+        progress=ctx.progress,
+        description="digits: retrain tuned",
+    )
+    model = MLP(mcfg)
+    model.load_state_dict(res.states[0])
+    return model.eval(), res.seconds
+
+
 def part_tune(ctx: Context) -> dict:
     """Tune, then retrain the best configuration on the whole source training set for the
     folds' mean best epoch count (no validation data is left to stop on)."""
@@ -255,33 +285,15 @@ def part_tune(ctx: Context) -> dict:
     hp = {k: best.params[k] for k in ("lr", "l2", "batch_size")}
     cv_mean, cv_sd = mean_sd(best.user_attrs["fold_acc"])
     epochs = max(1, round(sum(best.user_attrs["best_epochs"]) / cfg.folds))
-    mcfg = mlp_config(cfg)
-    data = ctx.source
-    res = train_stack(
-        StackedMLP(mcfg),
-        [
-            Member(
-                seed=cfg.seed,
-                state=build_mlp(mcfg, seed=cfg.seed).state_dict(),
-                train=torch.arange(len(data.y_train)),
-                lr=hp["lr"],
-                weight_decay=hp["l2"],
-                meta={"variant": "tuned"},
-            )
-        ],
-        Pool(data.x_train, data.y_train),
-        Schedule(epochs=epochs, batch_size=hp["batch_size"]),
-        trainable={n for n, _ in MLP(mcfg).named_parameters()},
-        device=ctx.device,
-        prepare=to_flat,
-        progress=ctx.progress,
-        description="digits: retrain tuned",
-    )
-    model = MLP(mcfg)
-    model.load_state_dict(res.states[0])
+    model, seconds = retrain(ctx, hp, epochs)
     save_checkpoint(
         folder / "model.pt",
-        {"config": mcfg.to_dict(), "model": res.states[0], "epoch": epochs, "kind": "tuned"},
+        {
+            "config": model.config.to_dict(),
+            "model": model.state_dict(),
+            "epoch": epochs,
+            "kind": "tuned",
+        },
     )
     runs.atomic_write_csv(
         folder / "trials.csv",
@@ -312,8 +324,8 @@ def part_tune(ctx: Context) -> dict:
             {"number": t.number, "state": t.state.name, "value": t.value, **t.params}
             for t in trials
         ],
-        "seconds_retrain": res.seconds,
-        **test_metrics(model, data.x_test, data.y_test),
+        "seconds_retrain": seconds,
+        **test_metrics(model, ctx.source.x_test, ctx.source.y_test),
     }
 
 

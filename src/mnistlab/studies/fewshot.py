@@ -35,12 +35,12 @@ from mnistlab.models.backbones import (
     new_linear,
     resolve_weights,
 )
-from mnistlab.models.stack import StackedLinear
+from mnistlab.models.stack import StackedLinear, Step, stack_states
 from mnistlab.progress import Progress
 from mnistlab.progress import default as default_progress
 from mnistlab.stats import mean_ci
 from mnistlab.train.devices import pick_device
-from mnistlab.train.engine import Member, Pool, Schedule, train_stack
+from mnistlab.train.engine import Member, Pool, Schedule, gather, train_stack
 from mnistlab.train.features import (
     PRECISIONS,
     FrozenFeatures,
@@ -186,10 +186,13 @@ def _inputs(cfg, name, weights, frozen, x_train, x_test, pool_idx, progress):
     return torch.cat([pool_feats, test_feats]), None, time.perf_counter() - t0
 
 
-def _size_rows(n: int, result, members: list[Member], cfg: FewshotConfig) -> list[dict]:
+def _size_rows(
+    n: int, result, members: list[Member], cfg: FewshotConfig, chosen_test: list[float] | None
+) -> list[dict]:
     """Per seed at size ``n``: the as-specified numbers (lr ``cfg.lr``, best test epoch) and
     the honest ones (lr and epoch chosen on validation)."""
     per_member = {(m.meta["seed"], m.meta["lr"]): result.rows(k) for k, m in enumerate(members)}
+    index = {(m.meta["seed"], m.meta["lr"]): k for k, m in enumerate(members)}
     rows = []
     for seed in sorted({m.meta["seed"] for m in members}):
         main = per_member[(seed, cfg.lr)]
@@ -198,6 +201,8 @@ def _size_rows(n: int, result, members: list[Member], cfg: FewshotConfig) -> lis
             ((lr, best_of(h, "val_acc")) for (s, lr), h in per_member.items() if s == seed),
             key=lambda p: (p[1]["val_acc"], -p[1]["epoch"]),
         )
+        k = index[(seed, chosen_lr)]
+        val_test = chosen_test[k] if chosen_test is not None else chosen["test_acc"]
         rows.append(
             {
                 "seed": seed,
@@ -211,7 +216,7 @@ def _size_rows(n: int, result, members: list[Member], cfg: FewshotConfig) -> lis
                 "val_lr": chosen_lr,
                 "val_epoch": chosen["epoch"],
                 "val_acc": chosen["val_acc"],
-                "val_test_acc": chosen["test_acc"],
+                "val_test_acc": val_test,
                 # the same epoch choice on validation, at the reported lr: like with like
                 "val_epoch_same_lr_test_acc": best_of(main, "val_acc")["test_acc"],
             }
@@ -244,46 +249,19 @@ def run_backbone(
     x, prepare, extract_seconds = _inputs(
         cfg, name, weights, frozen, x_train, x_test, pool_idx, progress
     )
-    pool = Pool(x, torch.cat([y_train[pool_idx], y_test]))
-    row_of = torch.full((len(y_train),), -1, dtype=torch.long)
-    row_of[pool_idx] = torch.arange(len(pool_idx))
-    test_rows = torch.arange(len(pool_idx), len(pool.y))
-    in_features = head_of(model).in_features
-    lrs = sorted({cfg.lr, *cfg.lr_grid})
+    heads = Heads(
+        pool=Pool(x, torch.cat([y_train[pool_idx], y_test])),
+        row_of=_row_of(pool_idx, len(y_train)),
+        test_rows=torch.arange(len(pool_idx), len(pool_idx) + len(y_test)),
+        width=head_of(model).in_features,
+        prepare=prepare or _identity,
+        device=device,
+    )
     rows, curves, heads_seconds = [], [], 0.0
     for n in cfg.sizes:
-        members = [
-            Member(
-                seed=seed,
-                state=new_linear(in_features, 10, seed).state_dict(),
-                train=row_of[sp["sizes"][n]],
-                lr=lr,
-                evals={"val": row_of[sp["val"]]},
-                meta={"seed": seed, "size": n, "lr": lr},
-            )
-            for seed, sp in splits.items()
-            for lr in lrs
-        ]
-        result = train_stack(
-            StackedLinear(),
-            members,
-            pool,
-            Schedule(
-                epochs=cfg.epochs,
-                batch_size=cfg.batch_size,
-                optimizer="adam",
-                checkpoint_every=10,
-            ),
-            trainable={"weight", "bias"},
-            device=device,
-            prepare=prepare or (lambda t: t),
-            shared_evals={"test": test_rows},
-            checkpoint=folder / "checkpoints" / f"size{n}.pt",
-            progress=progress,
-            description=f"fewshot: {name} heads, {n}/class ({len(members)} together)",
-        )
+        members, result, chosen = heads.train_size(n, splits, cfg, folder, progress, name)
         heads_seconds += result.seconds
-        rows += _size_rows(n, result, members, cfg)
+        rows += _size_rows(n, result, members, cfg, chosen)
         curves += [r for r in result.history if r["lr"] == cfg.lr]
     result_dict = {
         "backbone": name,
@@ -308,6 +286,86 @@ def run_backbone(
     runs.atomic_write_csv(folder / "curves.csv", curves)
     runs.write_json(folder / "result.json", result_dict)
     return result_dict
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _row_of(pool_idx: torch.Tensor, n: int) -> torch.Tensor:
+    """Training-set index → row of the pool (−1 outside it)."""
+    row_of = torch.full((n,), -1, dtype=torch.long)
+    row_of[pool_idx] = torch.arange(len(pool_idx))
+    return row_of
+
+
+@dataclass
+class Heads:
+    """The data every head of one backbone indexes into, and how a size's heads train."""
+
+    pool: Pool
+    row_of: torch.Tensor
+    test_rows: torch.Tensor
+    width: int
+    prepare: Any
+    device: torch.device
+
+    @property
+    def cached(self) -> bool:
+        return self.prepare is _identity
+
+    def train_size(self, n: int, splits, cfg: FewshotConfig, folder: Path, progress, name: str):
+        """Every seed × learning rate at ``n`` per class as one stack; each head ends on its
+        best-validation epoch (earliest on ties), the honest protocol's choice. On cached
+        features only the reported lr is scored on test every epoch (the study's curves);
+        the other heads are scored once, at their chosen epoch. Returns the members, the
+        stack's result and every head's test accuracy at its chosen epoch."""
+        members = [
+            Member(
+                seed=seed,
+                state=new_linear(self.width, 10, seed).state_dict(),
+                train=self.row_of[sp["sizes"][n]],
+                lr=lr,
+                evals={"val": self.row_of[sp["val"]]},
+                meta={"seed": seed, "size": n, "lr": lr},
+                shared=None if lr == cfg.lr or not self.cached else frozenset(),
+            )
+            for seed, sp in splits.items()
+            for lr in sorted({cfg.lr, *cfg.lr_grid})
+        ]
+        result = train_stack(
+            StackedLinear(),
+            members,
+            self.pool,
+            Schedule(
+                epochs=cfg.epochs,
+                batch_size=cfg.batch_size,
+                optimizer="adam",
+                monitor="val_acc",
+                maximize=True,
+                restore_best=True,
+                checkpoint_every=10,
+            ),
+            trainable={"weight", "bias"},
+            device=self.device,
+            prepare=self.prepare,
+            shared_evals={"test": self.test_rows},
+            checkpoint=folder / "checkpoints" / f"size{n}.pt",
+            progress=progress,
+            description=f"fewshot: {name} heads, {n}/class ({len(members)} together)",
+        )
+        return members, result, self.chosen_test_acc(result)
+
+    @torch.no_grad()
+    def chosen_test_acc(self, result) -> list[float] | None:
+        """Each head's test accuracy with its restored (validation-chosen) weights."""
+        if not self.cached:
+            return None  # the uncached path scored every head on test every epoch
+        p = stack_states(result.states)
+        x = gather(self.pool.x, self.test_rows.to(self.pool.x.device)).cpu()
+        logits = StackedLinear().forward_shared(p, x, Step(False))
+        y = self.pool.y[self.test_rows].cpu()
+        return [c / len(y) for c in (logits.argmax(2) == y).sum(1).tolist()]
 
 
 def mean_curves(curves: list[dict], sizes: tuple[int, ...]) -> dict[str, list[float]]:

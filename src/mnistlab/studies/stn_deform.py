@@ -73,8 +73,6 @@ def run(
     data_dir: Path | str | None = None,
 ) -> dict:
     """Expand, train STN and baseline, analyse per kind; write everything to ``out_dir``."""
-    from mnistlab.studies import stn_figures
-
     progress = progress or default_progress()
     out = Path(out_dir)
     device = pick_device(config.device)
@@ -107,53 +105,64 @@ def run(
             )
             for m in MODELS
         }
-        model = trained_model(results["stn"], 0, True, device)
-        thetas, warped = thetas_and_outputs(model, test.images, device)
-        parts = decompose_theta(thetas)
-        iso = torch.sqrt(parts["scale_x"].abs() * parts["scale_y"].abs())
-        scale, by_kind, scale_lists = {}, {}, {}
-        for k, name in enumerate(KINDS):
-            mask = test.kind == k
-            scale[name] = float(iso[mask].mean())
-            scale_lists[name] = iso[mask].tolist()
-            by_kind[name] = deformation_stats({p: v[mask] for p, v in parts.items()})
-        summaries = {m: summarise_runs(r, KINDS) for m, r in results.items()}
-        stn_figures.accuracy_curves(
-            out, {m: s["curves"] for m, s in summaries.items()}, "stn-deform", ("all", *KINDS)
-        )
-        stn_figures.kind_examples(
-            out, test.images, warped, test.kind, ("zoom", "elastic", "original")
-        )
-        stn_figures.scale_by_kind(out, scale_lists, config.zoom_factor)
-        metrics: dict[str, Any] = {
-            "n_train": len(train),
-            "n_test": len(test),
-            "expand_seconds": expand_seconds,
-            "models": summaries,
-            "final_test_acc": {m: _final(r, "test") for m, r in results.items()},
-            "final_train_acc": {m: _final(r, "train_eval") for m, r in results.items()},
-            "per_seed_final_test_acc": {
-                m: {
-                    k: [r.rows(i)[-1][_key("test", k)] for i in range(len(r.states))]
-                    for k in ("all", *KINDS)
-                }
-                for m, r in results.items()
-            },
-            "test_correct_seed0": {
-                m: correct_on(
-                    trained_model(r, 0, m == "stn", device), test.images, test.labels, device
-                )
-                for m, r in results.items()
-            },
-            "test_kind_counts": [int((test.kind == k).sum()) for k in range(len(KINDS))],
-            "mean_scale_by_kind": scale,
-            "deformations_by_kind": by_kind,
-            "zoom_factor": config.zoom_factor,
-            "sigma": config.sigma,
-            "device": str(device),
-            "wall_seconds": time.perf_counter() - t_start,
-        }
+        metrics = _metrics(out, results, train, test, config, device)
+        metrics["expand_seconds"] = expand_seconds
+        metrics["wall_seconds"] = time.perf_counter() - t_start
         return run_.finish(metrics)
+
+
+def _metrics(out: Path, results, train, test, config: STNDeformConfig, device) -> dict[str, Any]:
+    """Accuracy per model and kind (curves, finals, per seed, per image for McNemar) and what
+    the first seed's STN does to each kind."""
+    from mnistlab.studies import stn_figures
+
+    summaries = {m: summarise_runs(r, KINDS) for m, r in results.items()}
+    stn_figures.accuracy_curves(
+        out, {m: s["curves"] for m, s in summaries.items()}, "stn-deform", ("all", *KINDS)
+    )
+    models = {m: trained_model(r, 0, m == "stn", device) for m, r in results.items()}
+    return {
+        "n_train": len(train),
+        "n_test": len(test),
+        "models": summaries,
+        "final_test_acc": {m: _final(r, "test") for m, r in results.items()},
+        "final_train_acc": {m: _final(r, "train_eval") for m, r in results.items()},
+        "per_seed_final_test_acc": {
+            m: {
+                k: [r.rows(i)[-1][_key("test", k)] for i in range(len(r.states))]
+                for k in ("all", *KINDS)
+            }
+            for m, r in results.items()
+        },
+        "test_correct_seed0": {
+            m: correct_on(net, test.images, test.labels, device) for m, net in models.items()
+        },
+        "test_kind_counts": [int((test.kind == k).sum()) for k in range(len(KINDS))],
+        **_theta_by_kind(out, models["stn"], test, config, device),
+        "zoom_factor": config.zoom_factor,
+        "sigma": config.sigma,
+        "device": str(device),
+    }
+
+
+def _theta_by_kind(out: Path, model, test, config: STNDeformConfig, device) -> dict[str, Any]:
+    """What the first seed's STN does to each kind of test image: mean θ scale, deformation
+    statistics, example warps and the scale histogram (the evidence of undoing)."""
+    from mnistlab.studies import stn_figures
+
+    thetas, warped = thetas_and_outputs(model, test.images, device)
+    parts = decompose_theta(thetas)
+    iso = torch.sqrt(parts["scale_x"].abs() * parts["scale_y"].abs())
+    scale, by_kind, scale_lists = {}, {}, {}
+    for k, name in enumerate(KINDS):
+        mask = test.kind == k
+        scale[name] = float(iso[mask].mean())
+        scale_lists[name] = iso[mask].tolist()
+        by_kind[name] = deformation_stats({p: v[mask] for p, v in parts.items()})
+    shown = ("zoom", "elastic", "original")
+    stn_figures.kind_examples(out, test.images, warped, test.kind, shown)
+    stn_figures.scale_by_kind(out, scale_lists, config.zoom_factor)
+    return {"mean_scale_by_kind": scale, "deformations_by_kind": by_kind}
 
 
 def _key(split: str, kind: str) -> str:

@@ -35,10 +35,11 @@ from mnistlab.errors import CorruptFileError
 from mnistlab.models.stack import Noise, Step, member_state, stack_states
 from mnistlab.progress import Progress, Task
 from mnistlab.progress import default as default_progress
+from mnistlab.train.augment import Augment, augment_batch
 from mnistlab.train.checkpoint import load_checkpoint, rng_states, save_checkpoint, set_rng_states
 from mnistlab.train.optim import StackedOptimizer
 
-FORMAT = 1  # bump when the checkpoint layout changes
+FORMAT = 2  # bump when the checkpoint layout changes
 
 
 class Arch(Protocol):
@@ -78,6 +79,7 @@ class Member:
     evals: dict[str, torch.Tensor] = field(default_factory=dict)  # own evaluation sets
     meta: dict[str, Any] = field(default_factory=dict)  # copied into every history row
     shared: frozenset[str] | None = None  # shared sets scored every epoch (None: all)
+    augment: Augment | None = None  # random affine warps of its training images
 
 
 @dataclass
@@ -155,6 +157,8 @@ def _batch_group(stack: Stack) -> int:
     the same batches) and the architecture can take one input per run; else 1."""
     if not getattr(stack.arch, "groupable", False) or stack.schedule.patience is not None:
         return 1  # (with early stopping, members of a run could stop apart)
+    if any(stack.augments):
+        return 1  # each member warps its own copy of the batch
     ms = stack.members
     for g in range(len(ms), 1, -1):
         if len(ms) % g:
@@ -196,31 +200,35 @@ class Stack:
         stacked = stack_states([m.state for m in members])
         k = len(members)
         names = [n for n in stacked if n in trainable]
+        names.sort(key=lambda n: not arch.decays(n))  # L2-decayed tensors first (stable)
         sizes = [stacked[n][0].numel() for n in names]
         self.flat = torch.empty(k, sum(sizes), device=device)
-        decay_mask = torch.zeros(sum(sizes), device=device)
         self.params: dict[str, torch.Tensor] = {}
-        start = 0
+        start = n_decay = 0
         for n, size in zip(names, sizes, strict=True):
             view = self.flat[:, start : start + size]
             view.copy_(stacked[n].reshape(k, size))
             self.params[n] = view.view(k, *stacked[n].shape[1:]).requires_grad_()
-            decay_mask[start : start + size] = float(arch.decays(n))
             start += size
+            n_decay = start if arch.decays(n) else n_decay
         self.fixed = {n: t.to(device) for n, t in stacked.items() if n not in trainable}
         self.tensors = {**self.params, **self.fixed}
         self.optimizer = StackedOptimizer(
             self.flat,
             kind=schedule.optimizer,
-            lr=torch.tensor([m.lr for m in members], device=device),
-            weight_decay=torch.tensor([m.weight_decay for m in members], device=device),
-            decay_mask=decay_mask,
+            lr=[m.lr for m in members],
+            weight_decay=[m.weight_decay for m in members],
+            n_decay=n_decay,
             momentum=schedule.momentum,
         )
         self.order_gens = [torch.Generator().manual_seed(_derive(m.seed, "order")) for m in members]
         self.noise_gens = [
             torch.Generator(device=device).manual_seed(_derive(m.seed, "noise")) for m in members
         ]
+        self.augment_gens = [
+            torch.Generator(device=device).manual_seed(_derive(m.seed, "augment")) for m in members
+        ]
+        self.augments = [m.augment if m.augment and m.augment.active else None for m in members]
 
     def __len__(self) -> int:
         return len(self.members)
@@ -232,10 +240,9 @@ class Stack:
     def forward(self, x: torch.Tensor, step: Step) -> torch.Tensor:
         return self.arch.forward(self.tensors, x, step)
 
-    def flat_grad(self, loss: torch.Tensor) -> torch.Tensor:
-        """The gradient of ``loss`` laid out like ``flat``."""
-        grads = torch.autograd.grad(loss, list(self.params.values()))
-        return torch.cat([g.reshape(len(self), -1) for g in grads], 1)
+    def write_grad(self, grads) -> None:
+        """Lay per-parameter gradients out like ``flat``, into the optimiser's buffer."""
+        torch.cat([g.reshape(len(self), -1) for g in grads], 1, out=self.optimizer.grad)
 
 
 class _Trainer:
@@ -251,6 +258,7 @@ class _Trainer:
         self.evals = evals
         self.eval_rows = eval_rows
         # which members each set scores: None = all (per-member sets always score everyone)
+        self.shared_sets = {name for name, ev in evals.items() if ev.shared}
         self.scored: dict[str, torch.Tensor | None] = {}
         for name, ev in evals.items():
             picks = [i for i, m in enumerate(stack.members) if m.shared is None or name in m.shared]
@@ -288,24 +296,46 @@ class _Trainer:
         default = getattr(s.arch, "dropout", 0.0)
         rates = [default if m.dropout is None else m.dropout for m in s.members]
         drops = any(r > 0 for r in rates)
+        closed_form = hasattr(s.arch, "loss_and_grads") and not drops
+        augmenting = any(s.augments)
         leaders = order[::g]
+        # Gather a block of steps at once (about 16M elements): each step's batch is then a
+        # view, not a small gather of its own.
+        per_step = leaders.shape[0] * bs * max(1, self.pool.x[0].numel())
+        block = bs * max(1, (1 << 24) // per_step)
         for lo in range(0, max(live), bs):
+            if lo % block == 0:
+                xs = gather(self.pool.x, leaders[:, lo : lo + block])
+                ys = gather(self.pool.y, leaders[:, lo : lo + block])
             rows = [max(0, min(bs, n - lo)) for n in live]
             b, full = max(rows), min(rows) == max(rows)
-            idx = leaders[:, lo : lo + b]
-            x, y = self.prepare(gather(self.pool.x, idx)), gather(self.pool.y, idx)
+            at = lo % block
+            raw, y = xs[:, at : at + b], ys[:, at : at + b]
+            if augmenting:
+                raw = augment_batch(raw, s.augments, s.augment_gens, rows)
+            x = self.prepare(raw)
             if g > 1:
                 y = y.repeat_interleave(g, 0)
             n_t = (live_t - lo).clamp(0, bs)
             w = None if full else (torch.arange(b, device=dev) < n_t.unsqueeze(1)).float()
             active = n_t > 0
             noise = Noise(s.noise_gens, rows, b, rates, dev) if drops else None
-            logits = s.forward(x, Step(True, noise, w, active, g))
-            ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(k, b)
-            if w is not None:
-                ce = ce * w
-            loss = (ce.sum(1) / n_t.clamp_min(1)).sum()
-            s.optimizer.step(s.flat_grad(loss), active, full)
+            step = Step(True, noise, w, active, g)
+            if closed_form:
+                per_row = (w if w is not None else torch.ones(k, b, device=dev)) / n_t.clamp_min(
+                    1
+                ).unsqueeze(1)
+                ce, logits, grads = s.arch.loss_and_grads(s.tensors, x, y, per_row, step)
+                if w is not None:
+                    ce = ce * w
+                s.write_grad([grads[n] for n in s.params])
+            else:
+                logits = s.forward(x, step)
+                ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+                ce = ce.view(k, b) if w is None else ce.view(k, b) * w
+                loss = (ce.sum(1) / n_t.clamp_min(1)).sum()
+                s.write_grad(torch.autograd.grad(loss, list(s.params.values())))
+            s.optimizer.step(active, full)
             hit = (logits.detach().argmax(2) == y).float()
             if w is not None:
                 hit = hit * w
@@ -330,7 +360,7 @@ class _Trainer:
             total = ev.y.shape[-1]
             sums = torch.zeros(kk, 2 + nk, device=s.device)
             n_kind = torch.zeros(kk, nk, device=s.device)
-            one_pass = ev.shared and hasattr(s.arch, "forward_shared")
+            one_pass = ev.shared and hasattr(s.arch, "forward_shared")  # no K copies of inputs
             chunk = self.eval_rows if one_pass else max(64, self.eval_rows // kk)
             for lo in range(0, total, chunk):
                 y = ev.y[..., lo : lo + chunk]
@@ -388,8 +418,8 @@ class _Trainer:
             row["train_loss"] = tr[2 * i] / self.counts[i]
             row["train_acc"] = tr[2 * i + 1] / self.counts[i]
             for n in names:
-                if self.scored[n] is not None and not (m.shared and n in m.shared):
-                    continue
+                if m.shared is not None and n in self.shared_sets and n not in m.shared:
+                    continue  # this member is not scored on that shared set
                 v = per_set[n][i]
                 size = max(v[2 + nk], 1.0)
                 row[f"{n}_loss"], row[f"{n}_acc"] = v[0] / size, v[1] / size
@@ -425,6 +455,7 @@ class _Trainer:
             "optimizer": s.optimizer.state_dict(),
             "order_gens": [g.get_state() for g in s.order_gens],
             "noise_gens": [g.get_state() for g in s.noise_gens],
+            "augment_gens": [g.get_state() for g in s.augment_gens],
             "rng": rng_states(),
             "alive": self.alive,
             "history": self.history,
@@ -445,6 +476,8 @@ class _Trainer:
         for g, st in zip(s.order_gens, ck["order_gens"], strict=True):
             g.set_state(st)
         for g, st in zip(s.noise_gens, ck["noise_gens"], strict=True):
+            g.set_state(st)
+        for g, st in zip(s.augment_gens, ck["augment_gens"], strict=True):
             g.set_state(st)
         set_rng_states(ck["rng"])
         self.alive, self.history = list(ck["alive"]), list(ck["history"])
@@ -481,7 +514,11 @@ def fingerprint(members: list[Member], schedule: Schedule, extra: str = "") -> s
     stack is never resumed from."""
     h = hashlib.sha256(repr((FORMAT, schedule, extra)).encode())
     for m in members:
-        h.update(repr((m.seed, m.lr, m.weight_decay, m.dropout, sorted(m.meta.items()))).encode())
+        h.update(
+            repr(
+                (m.seed, m.lr, m.weight_decay, m.dropout, m.augment, sorted(m.meta.items()))
+            ).encode()
+        )
         for t in (m.train, *(m.evals[n] for n in sorted(m.evals))):
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
         for n in sorted(m.state):
@@ -525,23 +562,15 @@ def train_stack(
         None if pool.kind is None else pool.kind.to(device),
         pool.kind_names,
     )
-    stack = Stack(arch, members, schedule, trainable, device)
     evals = _eval_sets(members, pool, shared_evals or {}, device)
-    t = _Trainer(stack, pool, prepare, evals, eval_rows)
+
+    def fresh() -> _Trainer:
+        return _Trainer(
+            Stack(arch, members, schedule, trainable, device), pool, prepare, evals, eval_rows
+        )
+
     print_ = fingerprint(members, schedule, repr(sorted(trainable)))
-    start = 1
-    if checkpoint is not None and checkpoint.is_file():
-        try:
-            ck = load_checkpoint(checkpoint)
-            if ck.get("format") != FORMAT or ck.get("fingerprint") != print_:
-                raise CorruptFileError(str(checkpoint), "made for another configuration")
-            start = t.restore(ck) + 1
-            progress.message(f"{description}: resumed after epoch {start - 1}")
-        except CorruptFileError as exc:
-            progress.message(f"{exc}; training this stack from the start")
-            checkpoint.unlink(missing_ok=True)
-            stack = Stack(arch, members, schedule, trainable, device)
-            t = _Trainer(stack, pool, prepare, evals, eval_rows)
+    t, start = _resume(fresh, checkpoint, print_, progress, description)
     steps = math.ceil(max(t.counts) / schedule.batch_size)  # batches per epoch
     task = progress.task(f"{description} ({schedule.epochs} epochs)", schedule.epochs * steps)
     task.advance((start - 1) * steps)
@@ -556,22 +585,47 @@ def train_stack(
         last = epoch == schedule.epochs or not any(t.alive)
         if on_epoch is not None:
             rows = [r for r in t.history if r["epoch"] == epoch]
-            info = EpochInfo(epoch, rows, list(t.best_epoch), list(t.improved), stack, last)
+            info = EpochInfo(epoch, rows, list(t.best_epoch), list(t.improved), t.s, last)
             if on_epoch(info):
                 t.stopped = last = True
         if checkpoint is not None and (last or epoch % schedule.checkpoint_every == 0):
             save_checkpoint(checkpoint, t.snapshot(epoch, print_))
         task.advance(0, epoch=epoch, **_progress_fields(t.history, epoch))
     task.done()
-    final = t.best if t.best is not None else stack.tensors
+    final = t.best if t.best is not None else t.s.tensors
     return StackResult(
         history=t.history,
-        states=[member_state(final, k) for k in range(len(stack))],
+        states=[member_state(final, k) for k in range(len(t.s))],
         best_epoch=t.best_epoch,
         epochs_run=t.epochs_run,
         seconds=t.seconds,
         stopped=t.stopped,
     )
+
+
+def _resume(
+    fresh: Callable[[], _Trainer],
+    checkpoint: Path | None,
+    print_: str,
+    progress: Progress,
+    description: str,
+) -> tuple[_Trainer, int]:
+    """A trainer and the first epoch to run: from ``checkpoint`` when it verifies and was made
+    for this very stack, from scratch otherwise (a damaged checkpoint is reported, deleted)."""
+    t = fresh()
+    if checkpoint is None or not checkpoint.is_file():
+        return t, 1
+    try:
+        ck = load_checkpoint(checkpoint)
+        if ck.get("format") != FORMAT or ck.get("fingerprint") != print_:
+            raise CorruptFileError(str(checkpoint), "made for another configuration")
+        start = t.restore(ck) + 1
+        progress.message(f"{description}: resumed after epoch {start - 1}")
+        return t, start
+    except CorruptFileError as exc:
+        progress.message(f"{exc}; training this stack from the start")
+        checkpoint.unlink(missing_ok=True)
+        return fresh(), 1
 
 
 def _progress_fields(history: list[dict[str, Any]], epoch: int) -> dict[str, float]:

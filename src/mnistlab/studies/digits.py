@@ -20,6 +20,7 @@ import torch
 
 from mnistlab import runs
 from mnistlab.data import load_mnist, mnist_info, stratified_split
+from mnistlab.executors import Cell, LocalExecutor
 from mnistlab.models.mlp import MLP, MLPConfig, StackedMLP, build_mlp
 from mnistlab.progress import Progress
 from mnistlab.progress import default as default_progress
@@ -51,6 +52,7 @@ class Context:
     progress: Progress
     data_dir: Path | str | None
     result: Callable[[str], dict]  # another part's (or variant's) result, computed if needed
+    storage: str | None = None  # a shared Optuna database URL for the tuning (--storage)
     _source: Data | None = None
 
     @property
@@ -265,6 +267,8 @@ def run(
     progress: Progress | None = None,
     force: bool = False,
     data_dir: Path | str | None = None,
+    executor: Any = None,
+    storage: str | None = None,
 ) -> dict:
     """Run the requested parts (and what they depend on); return every unit's results.
 
@@ -279,6 +283,7 @@ def run(
     if unknown:
         raise ValueError(f"unknown part {unknown[0]!r}")
     progress = progress or default_progress()
+    executor = executor or LocalExecutor()
     out = Path(out_dir)
     device = pick_device(config.device)
     provenance = mnist_info(data_dir).as_dict()
@@ -286,35 +291,57 @@ def run(
         labels = load_mnist("train", data_dir)[1][: config.limit]
         config.check_target_counts(labels.bincount(minlength=10).tolist())
     with runs.Run(out, config, force=force, provenance=provenance, device=str(device)) as run_:
-        results: dict[str, Any] = {}
-
-        def result(name: str) -> dict:
-            """A unit's result: from disk if finished, else computed now (needs first)."""
-            if name in results:
-                return results[name]
-            unit = UNITS[name]
-            path = out / unit.file
-            if path.is_file():
-                results[name] = runs.read_finished(path)
-                return results[name]
-            for need in unit.needs:
-                result(need)
-            t0 = time.perf_counter()
-            res = unit.compute(ctx)
-            res["wall_seconds"] = time.perf_counter() - t0
-            runs.write_json(path, res)
-            progress.message(f"digits: {name} done in {res['wall_seconds']:.1f} s")
-            results[name] = res
-            return res
-
-        ctx = Context(config, out, device, progress, data_dir, result)
-        for part in parts:
-            for name in PARTS[part]:
-                result(name)
+        local = isinstance(executor, LocalExecutor)
+        units = [name for part in parts for name in PARTS[part]]
+        cells = unit_cells(
+            config, out, device, progress if local else None, data_dir, units, storage
+        )
+        executor.run(cells, root=out)
+        results = {c.key: runs.read_finished(out / UNITS[c.key].file) for c in cells}
         digits_figures.write_all(out)
         if set(parts) == set(PARTS) and run_.finished is None:
             run_.finish(summarise(results))
         return results
+
+
+def unit_cells(
+    cfg, out: Path, device, progress, data_dir, units: list[str], storage: str | None = None
+) -> list[Cell]:
+    """A cell per unit asked for and per unit they need (each reads what it needs from the
+    result files of the cells before it, so it can run in another process)."""
+
+    def read(name: str) -> dict:
+        return runs.read_finished(out / UNITS[name].file)
+
+    def run_unit(name: str) -> None:
+        ctx = Context(cfg, out, device, progress or default_progress(), data_dir, read, storage)
+        t0 = time.perf_counter()
+        res = UNITS[name].compute(ctx)
+        res["wall_seconds"] = time.perf_counter() - t0
+        runs.write_json(out / UNITS[name].file, res)
+        ctx.progress.message(f"digits: {name} done in {res['wall_seconds']:.1f} s")
+
+    wanted: list[str] = []
+
+    def add(name: str) -> None:
+        for need in UNITS[name].needs:
+            add(need)
+        if name not in wanted:
+            wanted.append(name)
+
+    for name in units:
+        add(name)
+    gpus = 1.0 if device.type == "cuda" else 0.0
+    return [
+        Cell(
+            name,
+            lambda name=name: run_unit(name),
+            needs=UNITS[name].needs,
+            gpus=gpus,
+            done=(out / UNITS[name].file).is_file,
+        )
+        for name in wanted
+    ]
 
 
 def summarise(results: dict) -> dict:

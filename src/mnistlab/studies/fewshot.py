@@ -26,6 +26,7 @@ from mnistlab import runs
 from mnistlab.config import check_choice, check_device, check_float, check_int, check_seed, option
 from mnistlab.data import COUNTS, balanced_subset, load_mnist, mnist_info
 from mnistlab.errors import MnistlabError
+from mnistlab.executors import Cell, LocalExecutor
 from mnistlab.io import cache_dir
 from mnistlab.models.backbones import (
     BACKBONES,
@@ -380,6 +381,22 @@ def mean_curves(curves: list[dict], sizes: tuple[int, ...]) -> dict[str, list[fl
     return out
 
 
+def backbone_cells(run_one, cfg, out: Path, progress, data_dir, skip_missing: bool) -> list[Cell]:
+    """One cell per backbone (its features and every head); a backbone without weights is
+    ``{"skipped": reason}`` when ``skip_missing``."""
+
+    def cell(name: str) -> dict:
+        try:
+            return run_one(name, cfg, out, progress or default_progress(), data_dir)
+        except MnistlabError as exc:
+            if not skip_missing or "no ImageNet weights" not in str(exc):
+                raise
+            return {"skipped": str(exc)}
+
+    gpus = 1.0 if cfg.device.startswith("cuda") else 0.0
+    return [Cell(name, lambda name=name: cell(name), gpus=gpus) for name in cfg.backbones]
+
+
 def aggregate(rows: list[dict], cfg: FewshotConfig) -> list[dict]:
     """Per size: best test accuracy / lowest error / epochs to best / validation-selected
     test accuracy, each as (mean, 95 % CI half-width) over seeds."""
@@ -418,9 +435,10 @@ def run(
     force: bool = False,
     skip_missing: bool = False,
     data_dir: Path | str | None = None,
+    executor: Any = None,
 ) -> dict:
-    """Run every backbone; with ``skip_missing`` a backbone without weights is skipped (and
-    recorded with the reason) instead of failing the whole study.
+    """Run every backbone (one cell each); with ``skip_missing`` a backbone without weights is
+    skipped (and recorded with the reason) instead of failing the whole study.
 
     Args:
         config: the study configuration; ``out_dir`` is ``results/fewshot/<config-hash>``.
@@ -429,21 +447,22 @@ def run(
     from mnistlab.studies import fewshot_figures
 
     progress = progress or default_progress()
+    executor = executor or LocalExecutor()
     out = Path(out_dir)
     device = pick_device(config.device)
     provenance = mnist_info(data_dir).as_dict()
     with runs.Run(out, config, force=force, provenance=provenance, device=str(device)) as run_:
         if run_.finished is not None:
             return run_.finished
-        results, skipped = {}, {}
-        for name in config.backbones:
-            try:
-                results[name] = run_backbone(name, config, out, progress, data_dir)
-            except MnistlabError as exc:
-                if not skip_missing or "no ImageNet weights" not in str(exc):
-                    raise
-                skipped[name] = str(exc)
-                progress.message(f"fewshot: skipping {name}: {exc}")
+        local = isinstance(executor, LocalExecutor)
+        cells = backbone_cells(
+            run_backbone, config, out, progress if local else None, data_dir, skip_missing
+        )
+        done = executor.run(cells, root=out)
+        results = {n: r for n, r in done.items() if "skipped" not in r}
+        skipped = {n: r["skipped"] for n, r in done.items() if "skipped" in r}
+        for name, reason in skipped.items():
+            progress.message(f"fewshot: skipping {name}: {reason}")
         fewshot_figures.write_all(out, results, config.sizes)
         metrics = {
             "backbones": {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,13 @@ import torch
 
 from mnistlab import runs
 from mnistlab.config import check_choice, check_device, check_float, check_int, check_seed, option
-from mnistlab.data import load_mnist, mnist_info
+from mnistlab.data import COUNTS, load_mnist, mnist_info
+from mnistlab.executors import Cell, LocalExecutor, where
 from mnistlab.models.stn import StackedSTN, STNNet, init_stn, to_input
 from mnistlab.progress import Progress
 from mnistlab.progress import default as default_progress
 from mnistlab.stats import mean_ci, pack_correct
-from mnistlab.train.checkpoint import save_checkpoint
+from mnistlab.train.checkpoint import load_checkpoint, save_checkpoint
 from mnistlab.train.devices import pick_device
 from mnistlab.train.engine import Member, Pool, Schedule, StackResult, train_stack
 from mnistlab.train.optim import OPTIMIZERS
@@ -249,6 +251,64 @@ def _limited(images, labels, limit):
     return (images, labels) if limit is None else (images[:limit], labels[:limit])
 
 
+def model_cells(
+    cfg: Any,
+    out: Path,
+    data: Callable[[], tuple[Pool, int]],
+    device: torch.device,
+    progress: Progress | None,
+    label: str,
+) -> list[Cell]:
+    """One cell per model: its seeds as one stack, the result in ``cells/<model>.json``
+    (histories) and ``models/`` (weights). ``data`` loads the pool inside the cell, so a
+    cell can run in another process."""
+    cells = []
+    for m in MODELS:
+        path = out / "cells" / f"{m}.json"
+
+        def run_cell(m: str = m, path: Path = path) -> None:
+            pool, n_train = data()
+            res = train_seeds(
+                m,
+                cfg,
+                pool,
+                n_train,
+                device=device,
+                out=out,
+                progress=progress or default_progress(),
+                description=f"{label}: {m} × {cfg.seeds} seed(s)",
+            )
+            runs.write_json(
+                path,
+                {
+                    "history": res.history,
+                    "best_epoch": res.best_epoch,
+                    "epochs_run": res.epochs_run,
+                    "seconds": res.seconds,
+                    "where": where(),
+                },
+            )
+
+        gpus = 1.0 if device.type == "cuda" else 0.0
+        cells.append(Cell(m, run_cell, done=path.is_file, gpus=gpus))
+    return cells
+
+
+def load_cells(cfg: Any, out: Path) -> dict[str, StackResult]:
+    """The finished model cells as stack results (weights from ``models/``)."""
+    results = {}
+    for m in MODELS:
+        saved = runs.read_finished(out / "cells" / f"{m}.json")
+        states = [
+            load_checkpoint(out / "models" / f"{m}_seed{cfg.seed + s}.pt")["model"]
+            for s in range(cfg.seeds)
+        ]
+        results[m] = StackResult(
+            saved["history"], states, saved["best_epoch"], saved["epochs_run"], saved["seconds"]
+        )
+    return results
+
+
 def run(
     config: STNConfig,
     out_dir: Path | str,
@@ -256,34 +316,32 @@ def run(
     progress: Progress | None = None,
     force: bool = False,
     data_dir: Path | str | None = None,
+    executor: Any = None,
 ) -> dict:
     """Train STN and baseline over seeds, analyse θ; write results/figures to ``out_dir``."""
     from mnistlab.studies import stn_figures
 
     progress = progress or default_progress()
+    executor = executor or LocalExecutor()
     out = Path(out_dir)
     device = pick_device(config.device)
     provenance = mnist_info(data_dir).as_dict()
     with runs.Run(out, config, force=force, provenance=provenance, device=str(device)) as run_:
         if run_.finished is not None:
             return run_.finished
-        x_tr, y_tr = _limited(*load_mnist("train", data_dir), config.limit_train)
-        x_te, y_te = _limited(*load_mnist("test", data_dir), config.limit_test)
-        pool = Pool(torch.cat([x_tr, x_te]), torch.cat([y_tr, y_te]))
+
+        def data() -> tuple[Pool, int]:
+            x_tr, y_tr = _limited(*load_mnist("train", data_dir), config.limit_train)
+            x_te, y_te = _limited(*load_mnist("test", data_dir), config.limit_test)
+            return Pool(torch.cat([x_tr, x_te]), torch.cat([y_tr, y_te])), len(y_tr)
+
         t_start = time.perf_counter()
-        results = {
-            m: train_seeds(
-                m,
-                config,
-                pool,
-                len(y_tr),
-                device=device,
-                out=out,
-                progress=progress,
-                description=f"stn: {m} × {config.seeds} seed(s)",
-            )
-            for m in MODELS
-        }
+        local = isinstance(executor, LocalExecutor)
+        executor.run(
+            model_cells(config, out, data, device, progress if local else None, "stn"), root=out
+        )
+        results = load_cells(config, out)
+        x_te, y_te = _limited(*load_mnist("test", data_dir), config.limit_test)
         model = trained_model(results["stn"], 0, True, device)
         thetas, warped = thetas_and_outputs(model, x_te, device)
         parts = decompose_theta(thetas)
@@ -301,7 +359,7 @@ def run(
             "padding); normalisation happens after the transformer",
             "device": str(device),
             "wall_seconds": time.perf_counter() - t_start,
-            "n_train": len(y_tr),
+            "n_train": min(config.limit_train or sum(COUNTS["train"]), sum(COUNTS["train"])),
             "n_test": len(y_te),
         }
         return run_.finish(metrics)

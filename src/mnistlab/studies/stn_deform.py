@@ -17,19 +17,20 @@ import torch
 
 from mnistlab import runs
 from mnistlab.config import option
-from mnistlab.data import KINDS, DeformParams, expand, load_mnist, mnist_info
+from mnistlab.data import COUNTS, KINDS, DeformParams, expand, load_mnist, mnist_info
+from mnistlab.executors import LocalExecutor
 from mnistlab.progress import Progress
 from mnistlab.progress import default as default_progress
 from mnistlab.stats import mean_ci
 from mnistlab.studies.stn import (
-    MODELS,
     STNConfig,
     correct_on,
     decompose_theta,
     deformation_stats,
+    load_cells,
+    model_cells,
     summarise_runs,
     thetas_and_outputs,
-    train_seeds,
     trained_model,
 )
 from mnistlab.train.devices import pick_device
@@ -71,9 +72,11 @@ def run(
     progress: Progress | None = None,
     force: bool = False,
     data_dir: Path | str | None = None,
+    executor: Any = None,
 ) -> dict:
     """Expand, train STN and baseline, analyse per kind; write everything to ``out_dir``."""
     progress = progress or default_progress()
+    executor = executor or LocalExecutor()
     out = Path(out_dir)
     device = pick_device(config.device)
     provenance = mnist_info(data_dir).as_dict()
@@ -83,35 +86,31 @@ def run(
         t_start = time.perf_counter()
         progress.message("stn-deform: building the expanded train and test sets (cached)")
         t0 = time.perf_counter()
-        train = _expanded("train", config.limit_train, config, config.deform_seed, data_dir)
         test = _expanded("test", config.limit_test, config, config.deform_seed + 1, data_dir)
         expand_seconds = time.perf_counter() - t0
-        pool = Pool(
-            torch.cat([train.images, test.images]),
-            torch.cat([train.labels, test.labels]),
-            torch.cat([train.kind, test.kind]),
-            KINDS,
-        )
-        results = {
-            m: train_seeds(
-                m,
-                config,
-                pool,
-                len(train),
-                device=device,
-                out=out,
-                progress=progress,
-                description=f"stn-deform: {m} × {config.seeds} seed(s)",
+
+        def data() -> tuple[Pool, int]:
+            train = _expanded("train", config.limit_train, config, config.deform_seed, data_dir)
+            pool = Pool(
+                torch.cat([train.images, test.images]),
+                torch.cat([train.labels, test.labels]),
+                torch.cat([train.kind, test.kind]),
+                KINDS,
             )
-            for m in MODELS
-        }
-        metrics = _metrics(out, results, train, test, config, device)
+            return pool, len(train)
+
+        local = isinstance(executor, LocalExecutor)
+        cells = model_cells(config, out, data, device, progress if local else None, "stn-deform")
+        executor.run(cells, root=out)
+        results = load_cells(config, out)
+        n_train = 3 * min(config.limit_train or sum(COUNTS["train"]), sum(COUNTS["train"]))
+        metrics = _metrics(out, results, n_train, test, config, device)
         metrics["expand_seconds"] = expand_seconds
         metrics["wall_seconds"] = time.perf_counter() - t_start
         return run_.finish(metrics)
 
 
-def _metrics(out: Path, results, train, test, config: STNDeformConfig, device) -> dict[str, Any]:
+def _metrics(out: Path, results, n_train: int, test, config: STNDeformConfig, device) -> dict:
     """Accuracy per model and kind (curves, finals, per seed, per image for McNemar) and what
     the first seed's STN does to each kind."""
     from mnistlab.studies import stn_figures
@@ -122,7 +121,7 @@ def _metrics(out: Path, results, train, test, config: STNDeformConfig, device) -
     )
     models = {m: trained_model(r, 0, m == "stn", device) for m, r in results.items()}
     return {
-        "n_train": len(train),
+        "n_train": n_train,
         "n_test": len(test),
         "models": summaries,
         "final_test_acc": {m: _final(r, "test") for m, r in results.items()},

@@ -8,7 +8,9 @@ order (its own generator), dropout stream (its own generator), learning rate, L2
 dropout rate, early stopping and best weights. Members may have training sets of different
 sizes: a member whose epoch has ended sits the remaining steps out, untouched. Members with no
 randomness inside therefore train exactly as they would alone, up to the floating-point order
-of a batched matmul (``tests/test_engine.py`` states the tolerance).
+of a batched matmul (``tests/test_engine.py`` states the tolerance); dropout masks and
+augmentations come from per-member generators, so a member's results never depend on which
+other members share its stack.
 
 One history layout: one row per (member, epoch) with the member's ``meta`` fields, the running
 ``train_loss``/``train_acc`` and ``<set>_loss``/``<set>_acc`` (and ``<set>_acc_<kind>``) for
@@ -64,6 +66,14 @@ class Schedule:
     min_delta: float = 0.0  # smallest change of ``monitor`` that counts as an improvement
     restore_best: bool = False  # end with each member's best-``monitor`` weights (ties: earliest)
     checkpoint_every: int = 1
+    lr_schedule: str = "constant"  # or "cosine": annealed from lr towards 0
+    horizon: int | None = None  # epochs the cosine spans (default: ``epochs``)
+
+    def lr_factor(self, epoch: int) -> float:
+        """The learning-rate multiplier of ``epoch`` (1-based)."""
+        if self.lr_schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * (epoch - 1) / (self.horizon or self.epochs)))
+        return 1.0
 
 
 @dataclass
@@ -335,7 +345,7 @@ class _Trainer:
                 ce = ce.view(k, b) if w is None else ce.view(k, b) * w
                 loss = (ce.sum(1) / n_t.clamp_min(1)).sum()
                 s.write_grad(torch.autograd.grad(loss, list(s.params.values())))
-            s.optimizer.step(active, full)
+            s.optimizer.step(active, tuple(i for i, n in enumerate(rows) if n > 0))
             hit = (logits.detach().argmax(2) == y).float()
             if w is not None:
                 hit = hit * w
@@ -578,6 +588,7 @@ def train_stack(
         if t.stopped or not any(t.alive):
             break
         t0 = time.perf_counter()
+        t.s.optimizer.lr_factor = schedule.lr_factor(epoch)
         totals = t.epoch(task)
         ev = t.evaluate()
         t.seconds += time.perf_counter() - t0

@@ -48,6 +48,7 @@ class StackedOptimizer:
         self.grad = torch.zeros_like(flat)  # the stack writes each step's gradient here
         self.steps = [torch.zeros((), dtype=torch.float32, device=flat.device) for _ in range(k)]
         self._calls: dict[tuple[int, ...], list[tuple[dict, list]]] = {}
+        self.lr_factor = 1.0  # a schedule's multiplier for the current epoch
         self.state: dict[str, torch.Tensor] = {}
         if kind == "adam":
             self.state = {"m": torch.zeros_like(flat), "v": torch.zeros_like(flat)}
@@ -61,19 +62,15 @@ class StackedOptimizer:
         self._decay = decay if bool((decay != 0).any()) else None
 
     @torch.no_grad()
-    def step(self, active: torch.Tensor, everyone: bool = False) -> None:
-        """One update of every member in ``active`` (bool ``[K]``, on the device) from the
-        gradient in ``self.grad``. ``everyone`` (known on the host) says all are active."""
-        members = (
-            tuple(range(len(self.steps)))
-            if everyone
-            else tuple(active.nonzero().flatten().tolist())
-        )
+    def step(self, active: torch.Tensor, members: tuple[int, ...]) -> None:
+        """One update of ``members`` (known on the host, so no device sync) from the gradient
+        in ``self.grad``; ``active`` is the same set as a bool ``[K]`` on the device."""
+        everyone = len(members) == len(self.steps)
         for k in members:
             self.steps[k] += 1
         if self.kind == "adam":
             for kwargs, tensors in self._adam_calls(members):
-                torch._fused_adam_(*tensors, **kwargs)
+                torch._fused_adam_(*tensors, **{**kwargs, "lr": kwargs["lr"] * self.lr_factor})
         else:
             self._sgd(self.grad, active, everyone)
 
@@ -121,7 +118,7 @@ class StackedOptimizer:
             new = torch.where(first.unsqueeze(1), g, buf * self.momentum + g)
             buf.copy_(new if everyone else torch.where(on, new, buf))
             g = new
-        update = self._lr_t * g
+        update = (self._lr_t * self.lr_factor) * g
         self.flat.sub_(update if everyone else torch.where(on, update, torch.zeros_like(update)))
 
     def state_dict(self) -> dict:

@@ -18,7 +18,10 @@ from mnistlab.cli import main
 from mnistlab.report import sections as S
 from mnistlab.report.build import build_report
 from mnistlab.stats import pack_correct, unpack_correct
-from mnistlab.studies import digits, fewshot, stn, stn_deform
+from mnistlab.studies import digits, digits_best, fewshot, fewshot_best, stn, stn_deform
+
+from .test_best import DIGITS as DIGITS_BEST
+from .test_best import FEWSHOT as FEWSHOT_BEST
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 STUDY_CONFIGS = {
@@ -56,12 +59,21 @@ STUDY_CONFIGS = {
         device="cpu",
     ),
 }
-RUN = {"fewshot": fewshot.run, "stn": stn.run, "stn-deform": stn_deform.run, "digits": digits.run}
+STUDY_CONFIGS["fewshot-best"] = fewshot_best.FewshotBestConfig(**FEWSHOT_BEST)
+STUDY_CONFIGS["digits-best"] = digits_best.DigitsBestConfig(**DIGITS_BEST)
+RUN = {
+    "fewshot": fewshot.run,
+    "stn": stn.run,
+    "stn-deform": stn_deform.run,
+    "digits": digits.run,
+    "fewshot-best": fewshot_best.run,
+    "digits-best": digits_best.run,
+}
 
 
 @pytest.fixture(scope="session")
 def results(tmp_path_factory, mnist):
-    """A results root written by the real studies (about 40 s on 2 cores)."""
+    """A results root written by the real studies, both protocols (about a minute on 2 cores)."""
     root = tmp_path_factory.mktemp("results")
     folders = {}
     for study, cfg in STUDY_CONFIGS.items():
@@ -121,7 +133,7 @@ def test_report_from_real_results_is_self_contained(results):
 def test_report_without_results_says_what_is_missing(tmp_path):
     (tmp_path / "empty").mkdir()
     html_path, _ = build_report(tmp_path / "empty")
-    assert html_path.read_text().count("Not available") == 5
+    assert html_path.read_text().count("Not available") == 7
 
 
 def test_report_cli_and_a_corrupt_result(results, tmp_path, capsys):

@@ -295,8 +295,19 @@ def _log_to(folder: Path):
     return handler
 
 
-def execute_study(study: str, config, run_fn, *, root: Path, progress, force: bool, **kwargs):
-    """Run one study in ``root/<study>/<config-hash>`` with a log file."""
+def execute_study(
+    study: str,
+    config,
+    run_fn,
+    *,
+    root: Path,
+    progress,
+    force: bool,
+    track: str = "none",
+    **kwargs,
+):
+    """Run one study in ``root/<study>/<config-hash>`` with a log file; with ``track``, log
+    the finished run to the tracker."""
     import logging
 
     from mnistlab import runs
@@ -309,7 +320,23 @@ def execute_study(study: str, config, run_fn, *, root: Path, progress, force: bo
     finally:
         logging.getLogger("mnistlab").removeHandler(handler)
         handler.close()
+    if track == "mlflow":
+        from mnistlab import tracking
+
+        if runs.is_complete(folder):
+            rid = tracking.log_mlflow(study, folder)
+            progress.message(f"{study}: logged to MLflow (run {rid})")
+        else:
+            progress.message(f"{study}: not finished (some parts only): not logged to MLflow")
     return folder, out
+
+
+def _executor(args: argparse.Namespace):
+    """The executor the options ask for, checked (Ray importable, cluster reachable) before
+    any work."""
+    from mnistlab import executors
+
+    return executors.make(args.executor, args.ray_address)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -320,6 +347,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = config_from(spec.config, args, **fixed)
     root = _prepare_run(args)
     config = dataclasses.replace(config, device=args.device)
+    executor = _executor(args)
     with _progress(args) as progress:
         folder, metrics = execute_study(
             args.study,
@@ -329,6 +357,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             progress=progress,
             force=args.force,
             data_dir=args.data_dir,
+            executor=executor,
+            track=args.track,
             **spec.run_kwargs(args),
         )
     print(f"{suite.summary_line(args.study, metrics)} → {folder}")
@@ -340,6 +370,7 @@ def _cmd_run_all(args: argparse.Namespace) -> int:
     from mnistlab.report.build import build_report
 
     root = _prepare_run(args)
+    executor = _executor(args)
     t0 = time.perf_counter()
     with _progress(args) as progress:
         suite.run_all(
@@ -348,9 +379,18 @@ def _cmd_run_all(args: argparse.Namespace) -> int:
             force=args.force,
             seed=args.seed,
             device=args.device,
+            protocol=args.protocol,
             progress=progress,
             execute=lambda study, config, runner, **kw: execute_study(
-                study, config, runner, root=root, progress=progress, data_dir=args.data_dir, **kw
+                study,
+                config,
+                runner,
+                root=root,
+                progress=progress,
+                data_dir=args.data_dir,
+                executor=executor,
+                track=args.track,
+                **kw,
             ),
         )
     problems: list[str] = []
@@ -387,10 +427,34 @@ def _add_report(sub) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    from mnistlab.executors import EXECUTORS
+    from mnistlab.tracking import TRACKERS
+
     p.add_argument("--results", type=Path, default=None, help="results root (default: ./results)")
     p.add_argument("--force", action="store_true", help="recompute finished results")
     p.add_argument("--data-dir", type=Path, default=None, help="folder with MNIST IDX files")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="local",
+        help="where the study's independent cells run: here, or as Ray tasks (default: local)",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="Ray cluster to join: auto, or host:port (default: start a local Ray instance)",
+    )
+    p.add_argument(
+        "--track",
+        choices=TRACKERS,
+        default="none",
+        help=(
+            "also log finished runs to MLflow (MLFLOW_TRACKING_URI, else SQLite in the results "
+            "root; default: none)"
+        ),
+    )
 
 
 def _add_run(sub) -> None:
@@ -414,6 +478,13 @@ def _add_run(sub) -> None:
         choices=suite.PROFILES,
         default="full",
         help="full: the studies as specified; quick: a few-minute demonstration (default: full)",
+    )
+    a.add_argument(
+        "--protocol",
+        choices=tuple(suite.PROTOCOLS),
+        default="both",
+        help="specified: the studies as written; best: the best honest protocols "
+        "(fewshot-best, digits-best); both (default: both)",
     )
     a.add_argument("--seed", type=_int, default=0, help="master seed (default: 0)")
     a.add_argument("--device", default="auto", help=device_help)

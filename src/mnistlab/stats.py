@@ -2,7 +2,7 @@
 
 Confidence intervals are Student-t over seeds. Comparisons come with a test whose verdict the
 report prints beside the p-value: a paired t-test where seeds pair the runs (same data draw,
-same batch order), Welch's t-test where they do not, and McNemar's exact test for two single
+same batch order) and McNemar's exact test for two single
 models scored on the same test images (it needs only the discordant counts).
 """
 
@@ -82,17 +82,6 @@ def paired(a: Sequence[float], b: Sequence[float], what: str = "seeds") -> Compa
         warnings.simplefilter("ignore", RuntimeWarning)
         p = float(stats.ttest_rel(a, b).pvalue)
     return Comparison(float(d.mean()), p, test, len(d))
-
-
-def welch(a: Sequence[float], b: Sequence[float]) -> Comparison:
-    """Welch's t-test (unpaired, unequal variances)."""
-    from scipy import stats
-
-    diff = float(np.mean(a) - np.mean(b))
-    test = f"Welch's t-test ({len(a)} vs {len(b)} runs)"
-    if min(len(a), len(b)) < 2:
-        return Comparison(diff, None, test, min(len(a), len(b)))
-    return Comparison(diff, float(stats.ttest_ind(a, b, equal_var=False).pvalue), test, len(a))
 
 
 def mcnemar(a_only: int, b_only: int, n: int) -> Comparison:

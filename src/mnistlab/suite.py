@@ -21,7 +21,7 @@ from typing import Any
 from mnistlab import runs
 from mnistlab.errors import MnistlabError
 from mnistlab.progress import Progress
-from mnistlab.studies import digits, fewshot, stn, stn_deform
+from mnistlab.studies import digits, digits_best, fewshot, fewshot_best, stn, stn_deform
 
 PROFILES = ("quick", "full")
 MANIFEST = runs.MANIFEST
@@ -101,6 +101,13 @@ def _digits_options(p: argparse.ArgumentParser) -> None:
         choices=list(digits.PARTS),
         help="run only this part (repeatable; dependencies run as needed; default: all)",
     )
+    p.add_argument(
+        "--storage",
+        default=None,
+        metavar="URL",
+        help="a shared Optuna database for the tuning, e.g. postgresql+psycopg://user@host/db "
+        "(several processes share its trials; default: SQLite in the run folder)",
+    )
 
 
 STUDIES: dict[str, StudySpec] = {
@@ -124,26 +131,61 @@ STUDIES: dict[str, StudySpec] = {
         digits.run,
         "MLP on digits 0–4, tuning, BN, dropout, transfer to 5–9",
         _digits_options,
-        run_kwargs=lambda args: {"parts": tuple(args.part or digits.PARTS)},
+        run_kwargs=lambda args: {
+            "parts": tuple(args.part or digits.PARTS),
+            "storage": args.storage,
+        },
+    ),
+    "fewshot-best": StudySpec(
+        fewshot_best.FewshotBestConfig,
+        fewshot_best.run,
+        "few-shot: the best honest head (chosen on validation) on the same frozen features",
+        _fewshot_options,
+        _fewshot_fixed,
+    ),
+    "digits-best": StudySpec(
+        digits_best.DigitsBestConfig,
+        digits_best.run,
+        "digits: wider cross-validated search and validation-chosen transfer recipes",
     ),
 }
+PROTOCOLS = {
+    "specified": ("fewshot", "stn", "stn-deform", "digits"),
+    "best": ("fewshot-best", "digits-best"),
+}
+PROTOCOLS["both"] = PROTOCOLS["specified"] + PROTOCOLS["best"]
 
 
-def profile_configs(profile: str, seed: int = 0, device: str = "auto") -> dict[str, Any]:
-    """The config of every study under ``profile``."""
-    common = {"seed": seed, "device": device}
+def profile_configs(
+    profile: str, seed: int = 0, device: str = "auto", protocol: str = "both"
+) -> dict[str, Any]:
+    """The config of every study under ``profile`` (and ``protocol``)."""
+    configs = _profile(profile, {"seed": seed, "device": device})
+    return {k: v for k, v in configs.items() if k in PROTOCOLS[protocol]}
+
+
+def _profile(profile: str, common: dict[str, Any]) -> dict[str, Any]:
     if profile == "full":
         return {
             "fewshot": fewshot.FewshotConfig(**common),
             "stn": stn.STNConfig(**common),
             "stn-deform": stn_deform.STNDeformConfig(**common),
             "digits": digits.DigitsConfig(**common),
+            "fewshot-best": fewshot_best.FewshotBestConfig(**common),
+            "digits-best": digits_best.DigitsBestConfig(**common),
         }
     if profile == "quick":
+        quick_fewshot = {"sizes": (10, 30), "seeds": 2, "epochs": 40, "test_limit": 1000}
+        quick_digits = {
+            "trials": 4,
+            "folds": 2,
+            "tune_max_epochs": 6,
+            "max_epochs": 15,
+            "transfer_seeds": 2,
+            "dropout_rates": (0.1, 0.3),
+        }
         return {
-            "fewshot": fewshot.FewshotConfig(
-                **common, sizes=(10, 30), seeds=2, epochs=40, test_limit=1000
-            ),
+            "fewshot": fewshot.FewshotConfig(**common, **quick_fewshot),
             "stn": stn.STNConfig(
                 **common,
                 epochs=3,
@@ -155,14 +197,16 @@ def profile_configs(profile: str, seed: int = 0, device: str = "auto") -> dict[s
             "stn-deform": stn_deform.STNDeformConfig(
                 **common, epochs=3, limit_train=10_000, limit_test=2000, train_eval_size=3000
             ),
-            "digits": digits.DigitsConfig(
+            "digits": digits.DigitsConfig(**common, **quick_digits),
+            "fewshot-best": fewshot_best.FewshotBestConfig(**common, **quick_fewshot),
+            "digits-best": digits_best.DigitsBestConfig(
                 **common,
-                trials=4,
-                folds=2,
-                tune_max_epochs=6,
-                max_epochs=15,
-                transfer_seeds=2,
-                dropout_rates=(0.1, 0.3),
+                **quick_digits,
+                best_trials=4,
+                best_max_epochs=6,
+                head_lrs=(1e-2,),
+                head_l2s=(0.0,),
+                unfreeze_factors=(0.1, 1.0),
             ),
         }
     raise MnistlabError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
@@ -173,6 +217,8 @@ RUNNERS: dict[str, Callable[..., Any]] = {
     "stn": stn.run,
     "stn-deform": stn_deform.run,
     "digits": digits.run,
+    "fewshot-best": lambda cfg, f, **kw: fewshot_best.run(cfg, f, skip_missing=True, **kw),
+    "digits-best": digits_best.run,
 }
 
 
@@ -203,6 +249,20 @@ def summary_line(study: str, metrics: dict[str, Any]) -> str:
             f"{100 * a['baseline']['zoom'][0]:.2f} %; mean θ scale on zoomed "
             f"{metrics['mean_scale_by_kind']['zoom']:.3f}"
         )
+    if study == "fewshot-best":
+        parts = [
+            f"{name} best honest test accuracy at {r['table'][0]['size']}/class "
+            f"{100 * r['table'][0]['test_acc'][0]:.2f} %"
+            for name, r in metrics["backbones"].items()
+        ]
+        return "fewshot-best: " + ("; ".join(parts) or "no backbone had weights")
+    if study == "digits-best":
+        src = metrics["source"]["best"]
+        tr = metrics["transfer"]
+        return (
+            f"digits-best: source test precision {100 * src['test_precision']:.2f} %; transfer "
+            + ", ".join(f"{v} {100 * tr[v]['test_acc'][0]:.1f} %" for v in tr)
+        )
     if study == "digits":  # digits.run returns every unit's results
         parts = []
         if "tune" in metrics:
@@ -223,15 +283,17 @@ def run_all(
     progress: Progress,
     execute: Callable[..., tuple[Path, Any]],
     device: str = "auto",
+    protocol: str = "both",
 ) -> dict[str, Any]:
     """Run the studies of ``profile`` one after another and write ``root/manifest.json``.
 
     ``execute(study, config, runner, force=…)`` runs one study in its folder (the CLI passes
     one that adds a log file).
     """
-    configs = profile_configs(profile, seed, device)
+    configs = profile_configs(profile, seed, device, protocol)
     manifest: dict[str, Any] = {
         "profile": profile,
+        "protocol": protocol,
         "command": " ".join(["mnistlab", *sys.argv[1:]]) or "mnistlab",
         "folders": {},
         "wall_seconds": {},
@@ -245,6 +307,7 @@ def run_all(
             prev = {}  # a damaged manifest is rewritten below
         if prev.get("profile") == profile:
             manifest["wall_seconds"] = prev.get("wall_seconds", {})
+            manifest["folders"] = dict(prev.get("folders", {}))  # other protocols' studies
     for study, config in configs.items():
         folder = runs.run_dir(root, study, config)
         was_done = runs.is_complete(folder) and not force
@@ -262,4 +325,4 @@ def run_all(
     return manifest
 
 
-__all__ = ["PROFILES", "STUDIES", "profile_configs", "run_all", "summary_line"]
+__all__ = ["PROFILES", "PROTOCOLS", "STUDIES", "profile_configs", "run_all", "summary_line"]

@@ -16,9 +16,12 @@ folder by default) and resumes exactly:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,9 +30,10 @@ import torch
 from mnistlab import runs
 from mnistlab.data import stratified_kfold
 from mnistlab.errors import CorruptFileError, MnistlabError
-from mnistlab.models.mlp import MLP, StackedMLP, build_mlp
+from mnistlab.models.mlp import MLP, MLPConfig, StackedMLP, build_mlp
 from mnistlab.stats import mean_sd
 from mnistlab.studies.digits_common import mlp_config, test_metrics, to_flat
+from mnistlab.train.augment import Augment
 from mnistlab.train.checkpoint import save_checkpoint
 from mnistlab.train.engine import EpochInfo, Member, Pool, Schedule, train_stack
 
@@ -71,29 +75,72 @@ def storage_url(folder: Path, url: str | None) -> str:
     return url or f"sqlite:///{(folder / 'optuna.db').resolve()}"
 
 
+def where(url: str) -> str:
+    """A storage URL for messages: the file of SQLite, the URL without its password."""
+    if url.startswith("sqlite:///"):
+        return url.removeprefix("sqlite:///")
+    scheme, sep, rest = url.partition("://")
+    user, at, host = rest.rpartition("@")
+    return f"{scheme}{sep}{user.split(':')[0]}{at}{host}" if at else url
+
+
 def _db_error(url: str, exc: Exception) -> MnistlabError:
-    where = url.removeprefix("sqlite:///")
     return MnistlabError(
-        f"tuning database {where} cannot be used ({type(exc).__name__}: "
+        f"tuning database {where(url)} cannot be used ({type(exc).__name__}: "
         f"{str(exc).splitlines()[0][:120]}); delete it or re-run with --force to start the tuning "
         "again"
     )
 
 
-def open_study(url: str, cfg) -> optuna.Study:
+HEARTBEAT = 5  # seconds between a shared-database trial's heartbeats
+STALE = 4 * HEARTBEAT  # a RUNNING trial silent this long is failed and re-queued
+
+
+def open_study(url: str, cfg, *, shared: bool = False) -> optuna.Study:
+    """The tuning study, created or loaded. ``shared``: several processes use this database
+    (a ``--storage`` URL): trials carry heartbeats, a silent one is failed and its parameters
+    re-queued by whoever notices, and concurrent creation is retried instead of failing."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        return optuna.create_study(
-            study_name=STUDY_NAME,
-            storage=url,
-            direction="maximize",
-            load_if_exists=True,
-            pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2),
-        )
-    except Exception as exc:  # sqlalchemy / sqlite errors of a damaged or foreign file
-        raise _db_error(url, exc) from None
+    last: Exception | None = None
+    for attempt in range(20):
+        try:
+            storage: Any = url
+            if shared:
+                storage = optuna.storages.RDBStorage(
+                    url,
+                    heartbeat_interval=HEARTBEAT,
+                    grace_period=STALE,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(
+                        max_retry=3
+                    ),
+                )
+            return optuna.create_study(
+                study_name=STUDY_NAME,
+                storage=storage,
+                direction="maximize",
+                load_if_exists=True,
+                pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2),
+            )
+        except Exception as exc:  # damaged file, foreign database, or a creation race
+            last = exc
+            if not shared:
+                break
+            time.sleep(0.1 * (attempt + 1))  # another process is creating the same study
+    raise _db_error(url, last) from None
+
+
+def _claimed(trials, number: int | None = None) -> int:
+    """Trials that count against the budget (finished, running or queued), optionally only
+    those numbered below ``number``."""
+    states = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
+    return sum(
+        t.state.name in states
+        and (number is None or t.number < number)
+        and not t.user_attrs.get("over_budget")
+        for t in trials
+    )
 
 
 def repair(study: optuna.Study) -> int:
@@ -108,7 +155,7 @@ def repair(study: optuna.Study) -> int:
     for t in trials:
         if t.state == TrialState.RUNNING:
             study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-        elif t.state != TrialState.FAIL:
+        elif t.state != TrialState.FAIL or t.user_attrs.get("over_budget"):
             continue
         if t.number not in retried and t.params:
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
@@ -143,18 +190,52 @@ def verified_trials(study: optuna.Study, folds: int, where: str) -> list:
     return out
 
 
-def run_trial(ctx: Context, trial: optuna.Trial, hp: dict[str, Any]) -> tuple[dict, bool]:
+AUGMENTS = {
+    "none": None,
+    "shift1": Augment(shift=1.0),
+    "shift2": Augment(shift=2.0),
+    "shift2-rot10": Augment(shift=2.0, rotate=10.0),
+    "shift2-rot10-scale10": Augment(shift=2.0, rotate=10.0, scale=0.1),
+}
+
+
+def recipe(cfg, hp: dict[str, Any]) -> tuple[MLPConfig, Member, str]:
+    """What a hyper-parameter dict means: the MLP (batch norm, dropout), a member template (lr,
+    L2, dropout, augmentation) and the lr schedule. Keys beyond lr/l2/batch_size are optional
+    (the as-specified search leaves them at their defaults)."""
+    mcfg = mlp_config(
+        cfg, batch_norm=bool(hp.get("batch_norm", False)), dropout=float(hp.get("dropout", 0.0))
+    )
+    template = Member(
+        seed=0,
+        state={},
+        train=torch.empty(0, dtype=torch.long),
+        lr=hp["lr"],
+        weight_decay=hp["l2"],
+        dropout=mcfg.dropout,
+        augment=AUGMENTS[hp.get("augment", "none")],
+    )
+    return mcfg, template, hp.get("schedule", "constant")
+
+
+def run_trial(
+    ctx: Context,
+    trial: optuna.Trial,
+    hp: dict[str, Any],
+    *,
+    max_epochs: int | None = None,
+    patience: int | None = None,
+) -> tuple[dict, bool]:
     """Train the trial's folds as one stack; return (fold scores, pruned?)."""
     cfg = ctx.cfg
     data = ctx.source
-    mcfg = mlp_config(cfg)
+    mcfg, t, schedule = recipe(cfg, hp)
     members = [
-        Member(
+        replace(
+            t,
             seed=cfg.seed + k,
             state=build_mlp(mcfg, seed=cfg.seed + k).state_dict(),
             train=tr,
-            lr=hp["lr"],
-            weight_decay=hp["l2"],
             evals={"val": va},
             meta={"trial": trial.number, "fold": k},
         )
@@ -174,10 +255,11 @@ def run_trial(ctx: Context, trial: optuna.Trial, hp: dict[str, Any]) -> tuple[di
         members,
         Pool(data.x_train, data.y_train),
         Schedule(
-            epochs=cfg.tune_max_epochs,
+            epochs=max_epochs or cfg.tune_max_epochs,
             batch_size=hp["batch_size"],
-            patience=cfg.tune_patience,
+            patience=patience or cfg.tune_patience,
             restore_best=True,
+            lr_schedule=schedule,
         ),
         trainable={n for n, _ in MLP(mcfg).named_parameters()},
         device=ctx.device,
@@ -190,26 +272,54 @@ def run_trial(ctx: Context, trial: optuna.Trial, hp: dict[str, Any]) -> tuple[di
     )
 
 
-def optimise(ctx: Context, study: optuna.Study, url: str) -> None:
-    """Run trials until ``cfg.trials`` have finished (COMPLETE or PRUNED)."""
+def optimise(
+    ctx: Context,
+    study: optuna.Study,
+    url: str,
+    *,
+    budget: int,
+    space=suggest,
+    label: str = "digits: tune (Optuna TPE, K folds together)",
+    shared: bool = False,
+    **trial_kwargs: Any,
+) -> None:
+    """Run trials until ``budget`` have finished (COMPLETE or PRUNED). ``shared``: other
+    processes work on the same study — a trial is claimed, then kept only if fewer than
+    ``budget`` trials were claimed before it (by trial number, so every process agrees), and
+    a process with nothing left to claim waits for the others to finish."""
     import optuna
     from optuna.trial import TrialState
 
-    cfg = ctx.cfg
-    task = ctx.progress.task("digits: tune (Optuna TPE, K folds together)", cfg.trials)
+    task = ctx.progress.task(label, budget)
     shown = 0
     try:
         while True:
-            finished = [t for t in study.get_trials(deepcopy=False) if t.state.name in FINISHED]
+            if shared:
+                optuna.storages.fail_stale_trials(study)  # a killed worker's trial re-queued
+            trials = study.get_trials(deepcopy=False)
+            finished = [t for t in trials if t.state.name in FINISHED]
             task.advance(len(finished) - shown)
             shown = len(finished)
-            if len(finished) >= cfg.trials:
+            if len(finished) >= budget:
                 break
-            study.sampler = optuna.samplers.TPESampler(seed=trial_seed(cfg.seed, len(finished)))
+            if shared and _claimed(trials) >= budget:
+                time.sleep(1.0)  # the rest of the budget is running elsewhere
+                continue
+            seed = trial_seed(ctx.cfg.seed, len(finished))
+            study.sampler = optuna.samplers.TPESampler(seed=seed)
             trial = study.ask()
+            if shared:
+                if _claimed(study.get_trials(deepcopy=False), trial.number) >= budget:
+                    trial.set_user_attr("over_budget", True)
+                    study.tell(trial, state=TrialState.FAIL)
+                    continue
+                # Concurrent processes see the same history: seed by the (unique) trial
+                # number, or two of them would sample the same parameters.
+                seed = trial_seed(ctx.cfg.seed, 1_000_000 + trial.number)
+                study.sampler = optuna.samplers.TPESampler(seed=seed)
             try:
-                hp = suggest(trial)
-                scores, pruned = run_trial(ctx, trial, hp)
+                with _heartbeat(study, trial, shared):
+                    scores, pruned = run_trial(ctx, trial, space(trial), **trial_kwargs)
             except BaseException:
                 study.tell(trial, state=TrialState.FAIL)  # re-run with these params on resume
                 raise
@@ -232,34 +342,66 @@ def optimise(ctx: Context, study: optuna.Study, url: str) -> None:
         task.done()
 
 
-def retrain(ctx: Context, hp: dict[str, Any], epochs: int) -> tuple[MLP, float]:
+def _heartbeat(study, trial, shared: bool):
+    """Optuna's heartbeat thread for a shared database (a no-op otherwise)."""
+    if not shared:
+        return contextlib.nullcontext()
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    return get_heartbeat_thread(trial._trial_id, study._storage)
+
+
+def retrain(
+    ctx: Context, hp: dict[str, Any], epochs: int, horizon: int | None = None
+) -> tuple[MLP, float]:
     """The chosen configuration on every source training image for ``epochs`` epochs (no
-    validation data is left to stop on: the folds' mean best epoch count decides)."""
+    validation data is left to stop on: the folds' mean best epoch count decides; a cosine
+    schedule keeps the folds' horizon)."""
+    (model,), seconds = retrain_together(ctx, [hp], epochs, horizon)
+    return model, seconds
+
+
+def retrain_together(
+    ctx: Context, hps: list[dict[str, Any]], epochs: int, horizon: int | None = None
+) -> tuple[list[MLP], float]:
+    """Several configurations of one shape and schedule (they may differ in lr, L2, dropout
+    rate and augmentation) retrained as one stack, all seeded alike."""
     cfg, data = ctx.cfg, ctx.source
-    mcfg = mlp_config(cfg)
+    recipes = [recipe(cfg, hp) for hp in hps]
+    shapes = {
+        (replace(m, dropout=0.0), s, hp["batch_size"])
+        for (m, _, s), hp in zip(recipes, hps, strict=True)
+    }
+    if len(shapes) != 1:
+        raise ValueError("retrain_together needs one shape, schedule and batch size")
+    ((mcfg, schedule, batch),) = shapes
+    members = [
+        replace(
+            t,
+            seed=cfg.seed,
+            state=build_mlp(m, seed=cfg.seed).state_dict(),
+            train=torch.arange(len(data.y_train)),
+            meta={"variant": i},
+        )
+        for i, (m, t, _) in enumerate(recipes)
+    ]
     res = train_stack(
         StackedMLP(mcfg),
-        [
-            Member(
-                seed=cfg.seed,
-                state=build_mlp(mcfg, seed=cfg.seed).state_dict(),
-                train=torch.arange(len(data.y_train)),
-                lr=hp["lr"],
-                weight_decay=hp["l2"],
-                meta={"variant": "tuned"},
-            )
-        ],
+        members,
         Pool(data.x_train, data.y_train),
-        Schedule(epochs=epochs, batch_size=hp["batch_size"]),
+        Schedule(epochs=epochs, batch_size=batch, lr_schedule=schedule, horizon=horizon),
         trainable={n for n, _ in MLP(mcfg).named_parameters()},
         device=ctx.device,
         prepare=to_flat,
         progress=ctx.progress,
-        description="digits: retrain tuned",
+        description=f"digits: retrain {len(members)} configuration(s) together",
     )
-    model = MLP(mcfg)
-    model.load_state_dict(res.states[0])
-    return model.eval(), res.seconds
+    models = []
+    for (m, _, _), state in zip(recipes, res.states, strict=True):
+        model = MLP(m)
+        model.load_state_dict(state)
+        models.append(model.eval())
+    return models, res.seconds
 
 
 def part_tune(ctx: Context) -> dict:
@@ -268,16 +410,18 @@ def part_tune(ctx: Context) -> dict:
     cfg = ctx.cfg
     folder = ctx.out / "tune"
     folder.mkdir(parents=True, exist_ok=True)
-    url = storage_url(folder, getattr(ctx, "storage", None))
-    study = open_study(url, cfg)
-    try:
-        requeued = repair(study)
-    except Exception as exc:
-        raise _db_error(url, exc) from None
-    if requeued:
-        ctx.progress.message(f"digits: tune: re-running {requeued} interrupted trial(s)")
-    optimise(ctx, study, url)
-    trials = verified_trials(study, cfg.folds, url.removeprefix("sqlite:///"))
+    shared = ctx.storage is not None
+    url = storage_url(folder, ctx.storage)
+    study = open_study(url, cfg, shared=shared)
+    if not shared:  # this process is the study's one writer (the run folder's lock)
+        try:
+            requeued = repair(study)
+        except Exception as exc:
+            raise _db_error(url, exc) from None
+        if requeued:
+            ctx.progress.message(f"digits: tune: re-running {requeued} interrupted trial(s)")
+    optimise(ctx, study, url, budget=cfg.trials, shared=shared)
+    trials = verified_trials(study, cfg.folds, where(url))
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     if not complete:
         raise MnistlabError("tuning finished no trial; raise --trials")

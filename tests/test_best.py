@@ -1,0 +1,127 @@
+"""The best honest protocols: every choice from training images only, never from test labels."""
+
+import pytest
+import torch
+
+from mnistlab.studies import digits_best, fewshot_best
+
+FEWSHOT = dict(
+    backbones=("resnet18",),
+    sizes=(2, 4),
+    seeds=2,
+    epochs=4,
+    val_per_class=3,
+    lr_grid=(1e-3,),
+    weights=(("*", "random"),),
+    test_limit=60,
+    image_size=32,
+    extract_batch=32,
+    device="cpu",
+    c_grid=(0.1, 1.0, 10.0),
+    lbfgs_iters=30,
+)
+DIGITS = dict(
+    limit=4000,
+    folds=2,
+    transfer_seeds=2,
+    transfer_max_epochs=12,
+    transfer_patience=3,
+    per_digit=20,
+    val_per_digit=20,
+    best_trials=3,
+    best_max_epochs=2,
+    head_lrs=(1e-2,),
+    head_l2s=(0.0, 1e-4),
+    head_augments=("none", "shift2-rot10"),
+    unfreeze_factors=(0.1, 1.0),
+    device="cpu",
+)
+
+
+@pytest.fixture
+def garbage_test_labels(monkeypatch):
+    """Every study's test labels replaced by a seeded shuffle of themselves."""
+    from mnistlab.data import mnist as m
+
+    real = m.load_mnist
+
+    def load(split, data_dir=None):
+        images, labels = real(split, data_dir)
+        if split == "test":
+            labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(9))]
+        return images, labels
+
+    for module in (
+        "mnistlab.data",
+        "mnistlab.studies.fewshot_best",
+        "mnistlab.studies.fewshot",
+        "mnistlab.studies.digits_common",
+        "mnistlab.studies.digits_best",
+    ):
+        mod = __import__(module, fromlist=["load_mnist"])
+        if hasattr(mod, "load_mnist"):
+            monkeypatch.setattr(mod, "load_mnist", load)
+
+
+def _fewshot_choices(metrics):
+    return {name: [row["chosen"] for row in r["table"]] for name, r in metrics["backbones"].items()}
+
+
+def test_fewshot_best_chooses_on_validation_only(tmp_path, mnist, tmp_cache, request):
+    cfg = fewshot_best.FewshotBestConfig(**FEWSHOT)
+    m = fewshot_best.run(cfg, tmp_path / "a")
+    table = m["backbones"]["resnet18"]["table"]
+    assert [row["size"] for row in table] == [2, 4] and all(row["seeds"] == 2 for row in table)
+    assert all(0 <= row["test_acc"][0] <= 1 for row in table)
+    assert (tmp_path / "a" / "search.json").is_file()  # every seed's choice is stored
+    request.getfixturevalue("garbage_test_labels")
+    g = fewshot_best.run(cfg, tmp_path / "b")
+    assert _fewshot_choices(g) == _fewshot_choices(m)  # same choices, other test scores
+
+
+def test_probe_fits_match_the_primal_solution():
+    """The kernel (span-of-the-data) fit reaches the optimum of plain L-BFGS on the primal loss."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 40, 100, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (1, 40), generator=g)
+    lam = 1.0 / 40
+
+    def objective(w, b):
+        return torch.nn.functional.cross_entropy(x[0] @ w.T + b, y[0]) + lam / 2 * w.square().sum()
+
+    w, b = fewshot_best.fit_probes(x, y, (1.0,), 500)
+    wp = torch.zeros(10, 100, dtype=torch.float64, requires_grad=True)
+    bp = torch.zeros(10, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS(
+        [wp, bp],
+        max_iter=2000,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-10,
+        tolerance_change=1e-14,
+    )
+
+    def closure():
+        opt.zero_grad()
+        loss = objective(wp, bp)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        gap = float(objective(w[0, 0], b[0, 0]) - objective(wp, bp))
+    # fit_probes stops at a practical tolerance: the objectives agree to 1e-6, and strong
+    # convexity (λ = 1/40) bounds the weight error by sqrt(2·gap/λ).
+    assert -1e-9 < gap < 1e-6
+    assert float((w[0, 0] - wp.detach()).norm()) <= (2 * 1e-6 / lam) ** 0.5
+
+
+def test_digits_best_chooses_on_validation_only(tmp_path, mnist, request):
+    cfg = digits_best.DigitsBestConfig(**DIGITS)
+    m = digits_best.run(cfg, tmp_path / "a")
+    assert set(m["transfer"]) == {"frozen5", "reuse4", "unfreeze2"}
+    assert "best" in m["source"] and "plain" in m["source"]
+    request.getfixturevalue("garbage_test_labels")
+    g = digits_best.run(cfg, tmp_path / "b")
+    assert g["search"]["params"] == m["search"]["params"]
+    for v in m["transfer"]:
+        assert g["transfer"][v]["chosen"] == m["transfer"][v]["chosen"]

@@ -330,15 +330,17 @@ def stn_deform(folder: Path | None) -> Section:
     }
     sec.bullets += explain_deform(m["mean_scale_by_kind"], acc, zoom, deform_comparisons(m))
     rows = []
+    one = cfg["seeds"] == 1  # no interval from one seed: print the value alone
     for model in ("stn", "baseline"):
         te, tr = m["final_test_acc"][model], m["final_train_acc"][model]
         for kind in ("all", "original", "elastic", "zoom"):
-            rows.append([model, kind, pm(tr[kind]), pm(te[kind])])
+            rows.append([model, kind, *(pct(x[kind][0]) if one else pm(x[kind]) for x in (tr, te))])
     sec.tables.append(
         Table(
             ["model", "kind", "train acc (final, eval mode)", "test acc (final)"],
             rows,
-            "accuracy after the last epoch",
+            "accuracy after the last epoch"
+            + (" (one seed)" if one else ", mean ± 95 % CI over seeds"),
         )
     )
     sec.tables.append(
@@ -993,7 +995,7 @@ def digits_best(folder: Path | None, specified: Path | None) -> Section:
                 v,
                 pm(mean_ci_of(spec_acc)) if spec_acc else "—",
                 pm(r["test_acc"]),
-                c.evidence() if c else "—",
+                f"{'+' if c.diff >= 0 else '−'}{points(c.diff)} ({c.evidence()})" if c else "—",
                 chosen,
                 ablation,
                 _target(100 * r["test_acc"][0], targets["transfer_test_acc"].get(v)),

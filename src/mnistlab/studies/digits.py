@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from mnistlab import runs
-from mnistlab.data import load_mnist, mnist_info, stratified_split
-from mnistlab.executors import Cell, LocalExecutor
+from mnistlab.data import stratified_split
+from mnistlab.executors import Cell
 from mnistlab.models.mlp import MLP, MLPConfig, StackedMLP, build_mlp
 from mnistlab.progress import Progress
 from mnistlab.progress import default as default_progress
@@ -35,8 +35,8 @@ from mnistlab.studies.digits_common import (
     test_metrics,
     to_flat,
 )
+from mnistlab.studies.opening import open_study
 from mnistlab.train.checkpoint import save_checkpoint
-from mnistlab.train.devices import pick_device
 from mnistlab.train.engine import EpochInfo, Member, Pool, Schedule, StackResult, train_stack
 
 __all__ = ["PARTS", "STUDY", "VARIANTS", "DigitsConfig", "run"]
@@ -282,20 +282,19 @@ def run(
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         raise ValueError(f"unknown part {unknown[0]!r}")
-    progress = progress or default_progress()
-    executor = executor or LocalExecutor()
-    out = Path(out_dir)
-    device = pick_device(config.device)
-    provenance = mnist_info(data_dir).as_dict()
-    if config.limit is not None:  # the first N images may hold too few of a digit
-        labels = load_mnist("train", data_dir)[1][: config.limit]
-        config.check_target_counts(labels.bincount(minlength=10).tolist())
-    with runs.Run(out, config, force=force, provenance=provenance, device=str(device)) as run_:
-        local = isinstance(executor, LocalExecutor)
+    opening = open_study(
+        config,
+        out_dir,
+        progress=progress,
+        force=force,
+        data_dir=data_dir,
+        executor=executor,
+        check_counts=True,
+    )
+    with opening as run_:
+        out, device, progress, executor = run_.out, run_.device, run_.progress, run_.executor
         units = [name for part in parts for name in PARTS[part]]
-        cells = unit_cells(
-            config, out, device, progress if local else None, data_dir, units, storage
-        )
+        cells = unit_cells(config, out, device, run_.cell_progress, data_dir, units, storage)
         executor.run(cells, root=out)
         results = {c.key: runs.read_finished(out / UNITS[c.key].file) for c in cells}
         digits_figures.write_all(out)

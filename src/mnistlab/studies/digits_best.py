@@ -24,9 +24,9 @@ from typing import Any
 
 from mnistlab import runs
 from mnistlab.config import check_float, check_int, option
-from mnistlab.data import load_mnist, mnist_info, parse_digits
+from mnistlab.data import parse_digits
 from mnistlab.errors import MnistlabError
-from mnistlab.executors import Cell, LocalExecutor
+from mnistlab.executors import Cell
 from mnistlab.models.mlp import MLP, MLPConfig, StackedMLP
 from mnistlab.models.state import load_state_strict
 from mnistlab.progress import Progress
@@ -41,8 +41,8 @@ from mnistlab.studies.digits_common import (
     to_flat,
 )
 from mnistlab.studies.digits_transfer import Reused, _frozen_trunk, transfer_split
+from mnistlab.studies.opening import open_study
 from mnistlab.train.checkpoint import load_checkpoint, save_checkpoint
-from mnistlab.train.devices import pick_device
 from mnistlab.train.engine import Member, Pool, Schedule, train_stack
 
 STUDY = "digits-best"
@@ -400,22 +400,20 @@ def run(
     executor: Any = None,
 ) -> dict:
     """Search, retrain, transfer; every stage stored, so an interrupted run resumes."""
-    progress = progress or default_progress()
-    executor = executor or LocalExecutor()
-    out = Path(out_dir)
-    device = pick_device(config.device)
-    provenance = mnist_info(data_dir).as_dict()
-    if config.limit is not None:
-        config.check_target_counts(
-            load_mnist("train", data_dir)[1][: config.limit].bincount(minlength=10).tolist()
-        )
-    with runs.Run(out, config, force=force, provenance=provenance, device=str(device)) as run_:
+    opening = open_study(
+        config,
+        out_dir,
+        progress=progress,
+        force=force,
+        data_dir=data_dir,
+        executor=executor,
+        check_counts=True,
+    )
+    with opening as run_:
         if run_.finished is not None:
             return run_.finished
+        out, device, progress, executor = run_.out, run_.device, run_.progress, run_.executor
         t0 = time.perf_counter()
-        local = isinstance(executor, LocalExecutor)
-        executor.run(
-            stage_cells(config, out, device, progress if local else None, data_dir), root=out
-        )
+        executor.run(stage_cells(config, out, device, run_.cell_progress, data_dir), root=out)
         stages_done = {name: runs.read_finished(out / f"{name}.json") for name in STAGES}
         return run_.finish({**stages_done, "wall_seconds": time.perf_counter() - t0})

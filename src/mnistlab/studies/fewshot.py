@@ -24,9 +24,9 @@ import torch
 
 from mnistlab import runs
 from mnistlab.config import check_choice, check_device, check_float, check_int, check_seed, option
-from mnistlab.data import COUNTS, balanced_subset, load_mnist, mnist_info
+from mnistlab.data import COUNTS, balanced_subset, load_mnist
 from mnistlab.errors import MnistlabError
-from mnistlab.executors import Cell, LocalExecutor
+from mnistlab.executors import Cell
 from mnistlab.io import cache_dir
 from mnistlab.models.backbones import (
     BACKBONES,
@@ -40,6 +40,7 @@ from mnistlab.models.stack import StackedLinear, Step, stack_states
 from mnistlab.progress import Progress
 from mnistlab.progress import default as default_progress
 from mnistlab.stats import mean_ci
+from mnistlab.studies.opening import open_study
 from mnistlab.train.devices import pick_device
 from mnistlab.train.engine import Member, Pool, Schedule, gather, train_stack
 from mnistlab.train.features import (
@@ -446,17 +447,15 @@ def run(
     """
     from mnistlab.studies import fewshot_figures
 
-    progress = progress or default_progress()
-    executor = executor or LocalExecutor()
-    out = Path(out_dir)
-    device = pick_device(config.device)
-    provenance = mnist_info(data_dir).as_dict()
-    with runs.Run(out, config, force=force, provenance=provenance, device=str(device)) as run_:
+    opening = open_study(
+        config, out_dir, progress=progress, force=force, data_dir=data_dir, executor=executor
+    )
+    with opening as run_:
         if run_.finished is not None:
             return run_.finished
-        local = isinstance(executor, LocalExecutor)
+        out, progress, executor = run_.out, run_.progress, run_.executor
         cells = backbone_cells(
-            run_backbone, config, out, progress if local else None, data_dir, skip_missing
+            run_backbone, config, out, run_.cell_progress, data_dir, skip_missing
         )
         done = executor.run(cells, root=out)
         results = {n: r for n, r in done.items() if "skipped" not in r}

@@ -29,14 +29,13 @@ from torch.nn import functional as F
 
 from mnistlab import runs
 from mnistlab.config import check_float, check_int, option
-from mnistlab.data import load_mnist, mnist_info
+from mnistlab.data import load_mnist
 from mnistlab.errors import MnistlabError
-from mnistlab.executors import LocalExecutor
 from mnistlab.models.backbones import build_model, head_of, resolve_weights
 from mnistlab.progress import Progress
-from mnistlab.progress import default as default_progress
 from mnistlab.stats import mean_ci
 from mnistlab.studies import fewshot
+from mnistlab.studies.opening import open_study
 from mnistlab.train.devices import pick_device
 from mnistlab.train.features import FrozenFeatures, resolve_precision
 
@@ -324,17 +323,15 @@ def run(
     executor: Any = None,
 ) -> dict:
     """Search and score every backbone (one cell each); results to ``out_dir``."""
-    progress = progress or default_progress()
-    executor = executor or LocalExecutor()
-    out = Path(out_dir)
-    device = pick_device(config.device)
-    provenance = mnist_info(data_dir).as_dict()
-    with runs.Run(out, config, force=force, provenance=provenance, device=str(device)) as run_:
+    opening = open_study(
+        config, out_dir, progress=progress, force=force, data_dir=data_dir, executor=executor
+    )
+    with opening as run_:
         if run_.finished is not None:
             return run_.finished
-        local = isinstance(executor, LocalExecutor)
+        out, progress, executor = run_.out, run_.progress, run_.executor
         cells = fewshot.backbone_cells(
-            run_backbone, config, out, progress if local else None, data_dir, skip_missing
+            run_backbone, config, out, run_.cell_progress, data_dir, skip_missing
         )
         done = executor.run(cells, root=out)
         results = {n: r for n, r in done.items() if "skipped" not in r}

@@ -21,14 +21,14 @@ import torch
 
 from mnistlab import runs
 from mnistlab.config import check_choice, check_device, check_float, check_int, check_seed, option
-from mnistlab.data import COUNTS, load_mnist, mnist_info
-from mnistlab.executors import Cell, LocalExecutor, where
+from mnistlab.data import COUNTS, load_mnist
+from mnistlab.executors import Cell, where
 from mnistlab.models.stn import StackedSTN, STNNet, init_stn, to_input
 from mnistlab.progress import Progress
 from mnistlab.progress import default as default_progress
 from mnistlab.stats import mean_ci, pack_correct
+from mnistlab.studies.opening import open_study
 from mnistlab.train.checkpoint import load_checkpoint, save_checkpoint
-from mnistlab.train.devices import pick_device
 from mnistlab.train.engine import Member, Pool, Schedule, StackResult, train_stack
 from mnistlab.train.optim import OPTIMIZERS
 
@@ -321,14 +321,13 @@ def run(
     """Train STN and baseline over seeds, analyse θ; write results/figures to ``out_dir``."""
     from mnistlab.studies import stn_figures
 
-    progress = progress or default_progress()
-    executor = executor or LocalExecutor()
-    out = Path(out_dir)
-    device = pick_device(config.device)
-    provenance = mnist_info(data_dir).as_dict()
-    with runs.Run(out, config, force=force, provenance=provenance, device=str(device)) as run_:
+    opening = open_study(
+        config, out_dir, progress=progress, force=force, data_dir=data_dir, executor=executor
+    )
+    with opening as run_:
         if run_.finished is not None:
             return run_.finished
+        out, device, progress, executor = run_.out, run_.device, run_.progress, run_.executor
 
         def data() -> tuple[Pool, int]:
             x_tr, y_tr = _limited(*load_mnist("train", data_dir), config.limit_train)
@@ -336,10 +335,7 @@ def run(
             return Pool(torch.cat([x_tr, x_te]), torch.cat([y_tr, y_te])), len(y_tr)
 
         t_start = time.perf_counter()
-        local = isinstance(executor, LocalExecutor)
-        executor.run(
-            model_cells(config, out, data, device, progress if local else None, "stn"), root=out
-        )
+        executor.run(model_cells(config, out, data, device, run_.cell_progress, "stn"), root=out)
         results = load_cells(config, out)
         x_te, y_te = _limited(*load_mnist("test", data_dir), config.limit_test)
         model = trained_model(results["stn"], 0, True, device)

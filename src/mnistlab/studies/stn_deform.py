@@ -15,13 +15,11 @@ from typing import Any
 
 import torch
 
-from mnistlab import runs
 from mnistlab.config import option
-from mnistlab.data import COUNTS, KINDS, DeformParams, expand, load_mnist, mnist_info
-from mnistlab.executors import LocalExecutor
+from mnistlab.data import COUNTS, KINDS, DeformParams, expand, load_mnist
 from mnistlab.progress import Progress
-from mnistlab.progress import default as default_progress
 from mnistlab.stats import mean_ci
+from mnistlab.studies.opening import open_study
 from mnistlab.studies.stn import (
     STNConfig,
     correct_on,
@@ -33,7 +31,6 @@ from mnistlab.studies.stn import (
     thetas_and_outputs,
     trained_model,
 )
-from mnistlab.train.devices import pick_device
 from mnistlab.train.engine import Pool
 
 STUDY = "stn-deform"
@@ -75,14 +72,13 @@ def run(
     executor: Any = None,
 ) -> dict:
     """Expand, train STN and baseline, analyse per kind; write everything to ``out_dir``."""
-    progress = progress or default_progress()
-    executor = executor or LocalExecutor()
-    out = Path(out_dir)
-    device = pick_device(config.device)
-    provenance = mnist_info(data_dir).as_dict()
-    with runs.Run(out, config, force=force, provenance=provenance, device=str(device)) as run_:
+    opening = open_study(
+        config, out_dir, progress=progress, force=force, data_dir=data_dir, executor=executor
+    )
+    with opening as run_:
         if run_.finished is not None:
             return run_.finished
+        out, device, progress, executor = run_.out, run_.device, run_.progress, run_.executor
         t_start = time.perf_counter()
         progress.message("stn-deform: building the expanded train and test sets (cached)")
         t0 = time.perf_counter()
@@ -99,8 +95,7 @@ def run(
             )
             return pool, len(train)
 
-        local = isinstance(executor, LocalExecutor)
-        cells = model_cells(config, out, data, device, progress if local else None, "stn-deform")
+        cells = model_cells(config, out, data, device, run_.cell_progress, "stn-deform")
         executor.run(cells, root=out)
         results = load_cells(config, out)
         n_train = 3 * min(config.limit_train or sum(COUNTS["train"]), sum(COUNTS["train"]))

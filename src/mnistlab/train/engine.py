@@ -628,15 +628,18 @@ def _resume(
         return t, 1
     try:
         ck = load_checkpoint(checkpoint)
-        if ck.get("format") != FORMAT or ck.get("fingerprint") != print_:
-            raise CorruptFileError(str(checkpoint), "made for another configuration")
-        start = t.restore(ck) + 1
-        progress.message(f"{description}: resumed after epoch {start - 1}")
-        return t, start
     except CorruptFileError as exc:
-        progress.message(f"{exc}; training this stack from the start")
-        checkpoint.unlink(missing_ok=True)
-        return fresh(), 1
+        reason = str(exc)
+    else:
+        if ck.get("format") == FORMAT and ck.get("fingerprint") == print_:
+            start = t.restore(ck) + 1
+            progress.message(f"{description}: resumed after epoch {start - 1}")
+            return t, start
+        # intact, but written by another stack (other members or an older format)
+        reason = f"{checkpoint} was written for another stack or format"
+    progress.message(f"{reason}; training this stack from the start")
+    checkpoint.unlink(missing_ok=True)
+    return fresh(), 1
 
 
 def _progress_fields(history: list[dict[str, Any]], epoch: int) -> dict[str, float]:

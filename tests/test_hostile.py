@@ -44,6 +44,23 @@ def no_work(monkeypatch, tmp_path):
     return tmp_path / "results"
 
 
+# One STN epoch on 128 images: the smallest run that writes every kind of result file.
+TINY_STN = [
+    "run",
+    "stn",
+    "--epochs",
+    "1",
+    "--seeds",
+    "1",
+    "--limit-train",
+    "128",
+    "--limit-test",
+    "64",
+    "--train-eval-size",
+    "32",
+]
+
+
 def _run(argv, capsys):
     try:
         code = main(argv)
@@ -142,18 +159,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path, capsy
     monkeypatch.setattr(mio.os, "fsync", full)
     root = tmp_path / "r"
     argv = [
-        "run",
-        "stn",
-        "--epochs",
-        "1",
-        "--seeds",
-        "1",
-        "--limit-train",
-        "128",
-        "--limit-test",
-        "64",
-        "--train-eval-size",
-        "32",
+        *TINY_STN,
         "--results",
         str(root),
         "--quiet",
@@ -171,18 +177,7 @@ def test_a_second_writer_is_told_who_holds_the_folder(tmp_path, capsys, mnist):
     )
     folder = runs.run_dir(tmp_path, "stn", cfg)
     argv = [
-        "run",
-        "stn",
-        "--epochs",
-        "1",
-        "--seeds",
-        "1",
-        "--limit-train",
-        "128",
-        "--limit-test",
-        "64",
-        "--train-eval-size",
-        "32",
+        *TINY_STN,
         "--device",
         "cpu",
         "--results",

@@ -4,27 +4,41 @@ Ctrl-C. A refused input is one line on stderr, exit 2, no traceback, and no run 
 
 import dataclasses
 import errno
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 import typing
 
 import pytest
 
-from mnistlab import cli, runs, suite
+from mnistlab import cli, registry, runs
 from mnistlab.cli import main
+from mnistlab.config import flag
 
 
 def _flags(cls):
+    """Every option of a study's config a user can type, with its field and type."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        flag = f.metadata.get("cli", f"--{f.name.replace('_', '-')}")
-        if not flag:
+        if f.metadata.get("cli") != "":
+            yield flag(f), hints[f.name]
+
+
+def _ranged(cls):
+    """Options with a declared range, and a value just outside it."""
+    for f in dataclasses.fields(cls):
+        lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
+        if f.metadata.get("cli") == "" or (lo is None and hi is None):
             continue
-        flag = f"--{f.name.replace('_', '-')}" if flag == "hidden" else flag
-        yield flag, hints[f.name]
+        yield flag(f), str(lo - 1) if lo is not None else str(hi * 2)
 
 
 NUMERIC = [
     (study, flag)
-    for study, spec in suite.STUDIES.items()
+    for study, spec in registry.STUDIES.items()
     for flag, kind in _flags(spec.config)
     if kind in (int, float, int | None, tuple[int, ...], tuple[float, ...])
 ]
@@ -38,8 +52,8 @@ def no_work(monkeypatch, tmp_path):
     def refuse(*args, **kwargs):
         raise AssertionError("a bad value reached the study")
 
-    for name, spec in suite.STUDIES.items():
-        monkeypatch.setitem(suite.STUDIES, name, dataclasses.replace(spec, run=refuse))
+    for spec in registry.STUDIES.values():
+        monkeypatch.setattr(spec.run_path.replace(":", "."), refuse)
     monkeypatch.setenv("MNISTLAB_RESULTS", str(tmp_path / "results"))
     return tmp_path / "results"
 
@@ -73,6 +87,26 @@ def _run(argv, capsys):
 def _refused(code, err):
     lines = [line for line in err.splitlines() if line.strip()]
     return code == 2 and len(lines) == 1 and "Traceback" not in err and "error:" in lines[0]
+
+
+RANGED = [
+    (study, option, value)
+    for study, spec in registry.STUDIES.items()
+    for option, value in _ranged(spec.config)
+]
+
+
+@pytest.mark.parametrize(("study", "option", "value"), RANGED)
+def test_an_out_of_range_value_names_the_option_the_user_typed(
+    study, option, value, no_work, capsys
+):
+    """The range is declared once, on the option; the message names that study's real flag
+    (``run digits --epochs 0`` says --epochs, not the field behind it) and no other."""
+    code, err = _run(["run", study, option, value], capsys)
+    assert _refused(code, err), err
+    named = set(re.findall(r"--[a-z][a-z0-9-]*", err))
+    assert option in named, err
+    assert named <= {f for f, _ in _flags(registry.get(study).config)}, err
 
 
 @pytest.mark.parametrize(("study", "flag"), NUMERIC)
@@ -193,10 +227,34 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    spec = suite.STUDIES["stn"]
-    monkeypatch.setitem(suite.STUDIES, "stn", dataclasses.replace(spec, run=interrupted))
+    monkeypatch.setattr("mnistlab.studies.stn.run", interrupted)
     code, err = _run(["run", "stn", "--results", str(tmp_path), "--quiet"], capsys)
     assert code == 130 and "interrupted" in err and "Traceback" not in err
+
+
+def test_sigterm_saves_what_is_finished_says_so_and_exits_143(tmp_path, mnist):
+    """What Slurm, Ray and Kubernetes send first: one line, exit 143, the last epoch's
+    checkpoint kept, and the same command resumes from it to a finished run."""
+    results = tmp_path / "results"
+    argv = [*TINY_STN[:3], "6", *TINY_STN[4:], "--results", str(results), "--device", "cpu"]
+    command = [sys.executable, "-m", "mnistlab", *argv]
+    env = {**os.environ, "MNISTLAB_PROGRESS": "lines"}
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not list(results.glob("stn/*/checkpoints/*.pt")):  # an epoch is saved
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    lines = [line for line in err.splitlines() if line.startswith("mnistlab:")]
+    assert lines == ["mnistlab: terminated (SIGTERM); finished work is saved, re-run to resume"]
+    assert "Traceback" not in err
+    folder = next(results.glob("stn/*"))
+    assert not runs.is_complete(folder) and list(folder.glob("checkpoints/*.pt"))
+    resumed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert runs.is_complete(folder)
 
 
 def test_debug_shows_the_traceback(capsys, no_work):

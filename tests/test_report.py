@@ -122,6 +122,25 @@ def test_report_from_real_results_is_self_contained(results):
     assert "| resnet18 (random) | 2 |" in md
 
 
+def _sentences(text):
+    """Sentences of the report: one per table cell or list item, prose split at full stops."""
+    for line in text.splitlines():
+        for cell in line.strip("|").split(" | "):
+            yield from re.split(r"(?<=[.!?])\s+(?=[A-Z])", cell)
+
+
+def test_no_sentence_of_the_report_claims_what_its_test_does_not_support(results):
+    from .test_verdict import DIRECTION, NO_VERDICT
+
+    _, md_path = build_report(results)
+    text = md_path.read_text()
+    claims = [s for s in _sentences(text) if DIRECTION.search(s) and NO_VERDICT.search(s)]
+    assert claims == []
+    assert not re.search(r"p = 0(?![.\d])", text)  # a degenerate test is never "p = 0"
+    assert "± 0.00" not in text and "± 0.0 " not in text  # one value prints no interval
+    assert text.count("significance test possible") + text.count("not significant") >= 1
+
+
 def test_report_without_results_says_what_is_missing(tmp_path):
     (tmp_path / "empty").mkdir()
     html_path, _ = build_report(tmp_path / "empty")
@@ -163,12 +182,18 @@ def test_stn_verdict_and_significance_follow_the_seeds(results, tmp_path):
         _edit(folder / "metrics.json", change)
         return _text(S.stn(folder))
 
-    better = seeds([0.99, 0.98], [0.95, 0.94])
-    assert "STN is better than the CNN by 4.00 points" in better and ": significant" in better
-    worse = seeds([0.95, 0.94], [0.99, 0.98])
-    assert "STN is worse than the CNN by 4.00 points" in worse
+    better = seeds([0.99, 0.98, 0.985], [0.95, 0.94, 0.946])
+    assert "The STN is better than the CNN by 3.97 points (significant at 5 %: p = " in better
+    worse = seeds([0.95, 0.94, 0.946], [0.99, 0.98, 0.985])
+    assert "The STN is worse than the CNN by 3.97 points (significant" in worse
     noisy = seeds([0.99, 0.92], [0.95, 0.95])
-    assert "better than the CNN" in noisy and "not significant" in noisy
+    assert "The STN measured 0.50 points higher than the CNN (not significant at 5 %" in noisy
+    assert "better" not in noisy
+    level = seeds([0.99, 0.98], [0.95, 0.94])  # two equal differences: no t-test exists
+    assert "all 2 paired differences are equal (zero variance)" in level
+    assert "better" not in level and "p = 0" not in level
+    one = seeds([0.99], [0.95])
+    assert "over 1 seed: no significance test possible" in one and "better" not in one
 
 
 def test_tutorial_comparison_follows_the_numbers(results, tmp_path):
@@ -236,6 +261,12 @@ def test_elastic_verdict_follows_the_measured_difference(results, tmp_path):
     assert "significantly worse on elastic" in _text(S.stn_deform(folder))
     same = np.arange(third) % 2 == 0
     _set_correct(folder, n, same, same, elastic)
+    text = _text(S.stn_deform(folder))
+    assert "no test could compare the models on elastic images" in text
+    assert "agree on every image" in text
+    other = same.copy()
+    other[:2] = ~other[:2]  # one image each way: a tie the test cannot call
+    _set_correct(folder, n, same, other, elastic)
     assert "no significant difference between the models on elastic" in _text(S.stn_deform(folder))
 
 
@@ -251,12 +282,16 @@ def test_fewshot_flattery_and_plateau_follow_the_numbers(results, tmp_path):
     def equal(r):
         r["per_seed_val_epoch_same_lr_test_acc"] = list(r["per_seed_best_test_acc"])
 
-    assert "does not change the reported test accuracy" in edit(equal)
+    text = edit(equal)
+    assert "measured exactly level" in text and "zero variance" in text
 
     def lower(r):
-        r["per_seed_val_epoch_same_lr_test_acc"] = [v - 0.02 for v in r["per_seed_best_test_acc"]]
+        r["per_seed_val_epoch_same_lr_test_acc"] = [
+            v - 0.02 - 0.001 * i for i, v in enumerate(r["per_seed_best_test_acc"])
+        ]
 
-    assert "raises the reported test accuracy by 2.00 points" in edit(lower)
+    text = edit(lower)
+    assert "the reported test accuracy is higher than with the epoch chosen on validation" in text
 
     def plateau(r):
         r["epochs_to_best"], r["epochs_to_near_best"] = [80, 1], [10, 1]
@@ -282,9 +317,43 @@ def test_dropout_is_chosen_on_validation_not_test(results, tmp_path):
 
     # the best test precision belongs to 0.5, but validation prefers 0.2: 0.2 is reported
     text = rates({"0.0": 0.95, "0.2": 0.97, "0.5": 0.96}, [0.95, 0.94, 0.99])
-    assert "validation chose dropout 0.2" in text and "Does dropout help? No" in text
+    assert "validation chose dropout 0.2" in text
     text = rates({"0.0": 0.99, "0.2": 0.97, "0.5": 0.96}, [0.95, 0.94, 0.99])
-    assert "no rate beat the model without dropout" in text
+    assert "Does dropout help? Not on validation" in text
+
+
+def _set_models_correct(path, a, b, a_right, b_right):
+    """Which test images the models ``a`` and ``b`` of a part-1 result got right."""
+
+    def change(r):
+        for key, right in ((a, a_right), (b, b_right)):
+            node = r
+            for part in key:
+                node = node[part]
+            n = node["test_n"]
+            node["test_correct"] = pack_correct(np.resize(np.asarray(right, bool), n))
+
+    _edit(path, change)
+
+
+def test_dropout_answer_follows_its_test(results, tmp_path):
+    folder = _copy(results, tmp_path, "digits")
+    path = folder / "dropout" / "result.json"
+    rates = runs.read_json(path)["rates"]
+    chosen = max(rates, key=lambda k: (rates[k]["val_acc_at_best"], -float(k)))
+    if chosen == "0.0":  # make validation choose a rate, so that the test decides
+        _edit(path, lambda r: r["rates"][list(r["rates"])[1]].update(val_acc_at_best=1.0))
+        chosen = list(rates)[1]
+    n = rates["0.0"]["test_n"]
+    right, wrong = np.ones(n, bool), np.r_[np.zeros(200, bool), np.ones(n - 200, bool)]
+    pair = (("rates", chosen), ("rates", "0.0"))
+    _set_models_correct(path, *pair, right, wrong)
+    assert "Does dropout help? Yes" in _text(S.digits(folder)[0])
+    _set_models_correct(path, *pair, wrong, right)
+    assert "Does dropout help? No:" in _text(S.digits(folder)[0])
+    _set_models_correct(path, *pair, right, right)
+    text = _text(S.digits(folder)[0])
+    assert "Does dropout help? No test can decide" in text and "agree on every image" in text
 
 
 def test_batchnorm_answers_follow_the_numbers(results, tmp_path):
@@ -298,9 +367,23 @@ def test_batchnorm_answers_follow_the_numbers(results, tmp_path):
         _edit(folder / "batchnorm" / "result.json", change)
         return _text(S.digits(folder)[0])
 
-    assert "Converges faster? Yes. Better model? Yes" in bn(1, 3, 0.99, 0.98)
-    assert "Converges faster? No. Better model? No" in bn(3, 1, 0.98, 0.99)
-    assert "Converges faster? Same number of epochs." in bn(2, 2, 0.98, 0.98)
+    assert "Converges faster? Yes, judged by the epochs each needed" in bn(1, 3, 0.99, 0.98)
+    assert "Converges faster? No, judged by the epochs" in bn(3, 1, 0.98, 0.99)
+    assert "Converges faster? the same number of epochs" in bn(2, 2, 0.98, 0.98)
+    path = folder / "batchnorm" / "result.json"
+    n = runs.read_json(path)["plain"]["test_n"]
+    right, wrong = np.ones(n, bool), np.r_[np.zeros(200, bool), np.ones(n - 200, bool)]
+    pair = (("batchnorm",), ("plain",))
+    _set_models_correct(path, *pair, right, wrong)
+    assert "Better model? Yes: on test accuracy the model with batch" in _text(S.digits(folder)[0])
+    _set_models_correct(path, *pair, wrong, right)
+    assert "Better model? No: on test accuracy" in _text(S.digits(folder)[0])
+    nearly = right.copy()
+    nearly[:3] = False
+    _set_models_correct(path, *pair, nearly, right)
+    text = _text(S.digits(folder)[0])
+    assert "Better model? Not shown at 5 %: on test accuracy the model with batch norm " in text
+    assert "measured 0." in text and "lower than the one without (not significant" in text
 
 
 def test_transfer_verdicts_follow_the_seeds(results, tmp_path):
@@ -325,7 +408,8 @@ def test_transfer_verdicts_follow_the_seeds(results, tmp_path):
     accs("scratch", [0.60, 0.61, 0.62])
     assert "Transfer helped" in _text(S.digits(folder)[1])
     accs("scratch", [0.70, 0.95, 0.70])
-    assert "Transfer made no significant difference" in _text(S.digits(folder)[1])
+    text = _text(S.digits(folder)[1])
+    assert "Whether transfer helps is not shown" in text and "(not significant" in text
 
 
 def test_transfer_prose_takes_its_figures_from_the_config(results, tmp_path):
@@ -343,9 +427,10 @@ def test_published_numbers_come_from_the_data_file():
     assert pub["stn_tutorial"]["test_acc_after_20_epochs"] == [98.5, 99.0]
     assert pub["stn_paper"]["error"]["ST-CNN (affine)"]["E"] == 1.2
     assert pub["geron_digits"]["transfer"]["scratch"] == [84.8, 84.8]
-    src = Path(S.__file__).read_text()
-    for number in ("98.5", "84.8", "68.6", "1.4"):  # no published number written in prose
-        assert number not in src
+    for module in Path(S.__file__).parent.glob("*.py"):
+        src = module.read_text()
+        for number in ("98.5", "84.8", "68.6", "1.4"):  # no published number written in prose
+            assert number not in src, module.name
 
 
 # ----------------------------------------------------------------------------- in a browser

@@ -4,18 +4,21 @@ A study's options are generated from its config dataclass (help, unit and defaul
 the field), and the config validates itself on construction, so every value is checked before
 any work starts. One error boundary turns every expected failure — bad values, missing files
 or weights, corrupt files, full or read-only disks, a folder locked by another run — into one
-line on stderr and exit code 2 (130 for Ctrl-C); ``--debug`` (or ``MNISTLAB_DEBUG=1``) shows
-the traceback instead.
+line on stderr and exit code 2; Ctrl-C and SIGTERM stop with what is finished saved and one
+line (exit 130 and 143). ``--debug`` (or ``MNISTLAB_DEBUG=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 import typing
 from collections.abc import Callable, Sequence
@@ -77,20 +80,18 @@ def add_config_options(
 ) -> None:
     """One option per field of the config dataclass ``cls`` (its help, unit and default shown);
     fields marked ``cli=""`` stay library-only, ``skip`` ones are added by hand."""
+    from mnistlab.config import flag
+
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        flag = f.metadata.get("cli", f"--{f.name.replace('_', '-')}")
-        if not flag or f.name in skip:
+        if f.metadata.get("cli") == "" or f.name in skip:
             continue
-        hidden = flag == "hidden"  # accepted (tests, benchmarks) but not advertised
-        flag = f"--{f.name.replace('_', '-')}" if hidden else flag
+        hidden = f.metadata.get("cli") == "hidden"  # accepted (tests, benchmarks), not shown
         kind = _PARSERS.get(hints[f.name])
         if kind is None:
             raise TypeError(f"{cls.__name__}.{f.name}: no command-line parser for {hints[f.name]}")
-        text = f"{f.metadata.get('help', '')} ({_default_text(f)})"
-        parser.add_argument(
-            flag, dest=f.name, type=kind, default=None, help=argparse.SUPPRESS if hidden else text
-        )
+        text = argparse.SUPPRESS if hidden else f"{f.metadata['help']} ({_default_text(f)})"
+        parser.add_argument(flag(f), dest=f.name, type=kind, default=None, help=text)
 
 
 def _default_text(f: dataclasses.Field) -> str:
@@ -115,6 +116,107 @@ def config_from(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
         if getattr(args, f.name, None) is not None
     }
     return cls(**{**given, **fixed})
+
+
+# ------------------------------------------------------------------------ option groups
+# Options that are not config fields, shared by the studies whose registry entry names them.
+
+
+def _backbone_options(p: argparse.ArgumentParser) -> None:
+    from mnistlab.models.backbones import BACKBONES
+
+    p.add_argument(
+        "--backbone",
+        action="append",
+        dest="backbones",
+        choices=list(BACKBONES),
+        help="repeatable (default: resnet50 and vgg19)",
+    )
+    p.add_argument(
+        "--weights",
+        action="append",
+        dest="weights_specs",
+        metavar="[NAME=]PATH|random",
+        help="state-dict file, or 'random' (labelled as such everywhere)",
+    )
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="re-run the backbone every epoch (the tutorial's way; slow)",
+    )
+
+
+def weights_overrides(values: list[str] | None, backbones: tuple[str, ...]) -> tuple:
+    """``--weights X`` (one backbone, or ``random``) or ``--weights NAME=X`` (repeatable)."""
+    from mnistlab.models.backbones import BACKBONES
+
+    pairs = []
+    for value in values or []:
+        name, sep, spec = value.partition("=")
+        if sep and name in BACKBONES:
+            pairs.append((name, spec))
+        elif value == "random":
+            pairs.append(("*", "random"))
+        elif len(backbones) == 1:
+            pairs.append((backbones[0], value))
+        else:
+            raise MnistlabError(
+                f"--weights {value!r} is ambiguous with several backbones; write NAME=PATH"
+            )
+    return tuple(pairs)
+
+
+def _backbone_fields(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    backbones = tuple(args.backbones or cls.backbones)
+    fixed = {
+        "backbones": backbones,
+        "weights": weights_overrides(args.weights_specs, backbones),
+        "cache": not args.no_cache,
+    }
+    for _, spec in fixed["weights"]:
+        if spec != "random" and not Path(spec).is_file():
+            raise MnistlabError(f"weights file {spec} does not exist")
+    return fixed
+
+
+def _parts_options(p: argparse.ArgumentParser) -> None:
+    from mnistlab.studies.digits import PARTS
+
+    p.add_argument(
+        "--part",
+        action="append",
+        choices=list(PARTS),
+        help="run only this part (repeatable; dependencies run as needed; default: all)",
+    )
+    p.add_argument(
+        "--storage",
+        default=None,
+        metavar="URL",
+        help="a shared Optuna database for the tuning, e.g. postgresql+psycopg://user@host/db "
+        "(several processes share its trials; default: SQLite in the run folder)",
+    )
+
+
+def _parts_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    from mnistlab.studies.digits import PARTS
+
+    return {"parts": tuple(args.part or PARTS), "storage": args.storage}
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionGroup:
+    """Extra options of a study: how to add them, the config fields and the run keywords
+    they give."""
+
+    add: Callable[[argparse.ArgumentParser], None]
+    fields: Callable[[argparse.Namespace, type], dict[str, Any]] = lambda args, cls: {}
+    run_kwargs: Callable[[argparse.Namespace], dict[str, Any]] = lambda args: {}
+
+
+OPTION_GROUPS = {
+    "backbones": OptionGroup(_backbone_options, fields=_backbone_fields),
+    "parts": OptionGroup(_parts_options, run_kwargs=_parts_kwargs),
+}
 
 
 # ------------------------------------------------------------------------ checks at the edge
@@ -298,7 +400,6 @@ def _log_to(folder: Path):
 def execute_study(
     study: str,
     config,
-    run_fn,
     *,
     root: Path,
     progress,
@@ -310,13 +411,13 @@ def execute_study(
     the finished run to the tracker."""
     import logging
 
-    from mnistlab import runs
+    from mnistlab import registry, runs
 
     folder = runs.run_dir(root, study, config)
     handler = _log_to(folder)
     try:
         progress.message(f"{study}: results in {folder}")
-        out = run_fn(config, folder, progress=progress, force=force, **kwargs)
+        out = registry.get(study).run(config, folder, progress=progress, force=force, **kwargs)
     finally:
         logging.getLogger("mnistlab").removeHandler(handler)
         handler.close()
@@ -340,28 +441,29 @@ def _executor(args: argparse.Namespace):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from mnistlab import suite
+    from mnistlab import registry
 
-    spec = suite.STUDIES[args.study]
-    fixed = spec.fixed_from_args(args) if spec.fixed_from_args else {}
-    config = config_from(spec.config, args, **fixed)
+    study = registry.get(args.study)
+    groups = [OPTION_GROUPS[g] for g in study.options]
+    fixed = {k: v for g in groups for k, v in g.fields(args, study.config).items()}
+    config = config_from(study.config, args, **fixed)
     root = _prepare_run(args)
     config = dataclasses.replace(config, device=args.device)
     executor = _executor(args)
+    run_kwargs = {k: v for g in groups for k, v in g.run_kwargs(args).items()}
     with _progress(args) as progress:
         folder, metrics = execute_study(
             args.study,
             config,
-            spec.run,
             root=root,
             progress=progress,
             force=args.force,
             data_dir=args.data_dir,
             executor=executor,
             track=args.track,
-            **spec.run_kwargs(args),
+            **run_kwargs,
         )
-    print(f"{suite.summary_line(args.study, metrics)} → {folder}")
+    print(f"{registry.summary_line(args.study, metrics)} → {folder}")
     return 0
 
 
@@ -381,10 +483,9 @@ def _cmd_run_all(args: argparse.Namespace) -> int:
             device=args.device,
             protocol=args.protocol,
             progress=progress,
-            execute=lambda study, config, runner, **kw: execute_study(
+            execute=lambda study, config, **kw: execute_study(
                 study,
                 config,
-                runner,
                 root=root,
                 progress=progress,
                 data_dir=args.data_dir,
@@ -458,30 +559,30 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_run(sub) -> None:
-    from mnistlab import suite
+    from mnistlab import registry
     from mnistlab.config import DEVICES
 
     device_help = f"one of {', '.join(DEVICES)}, or cuda:N (default: auto)"
     run = sub.add_parser("run", help="run a study (results/<study>/<config-hash>/)")
     rsub = run.add_subparsers(dest="study", required=True, parser_class=_Parser)
-    for name, spec in suite.STUDIES.items():
-        p = rsub.add_parser(name, help=spec.help)
-        add_config_options(p, spec.config, skip=("device",))
-        if spec.extra_options:
-            spec.extra_options(p)
+    for name, study in registry.STUDIES.items():
+        p = rsub.add_parser(name, help=study.help)
+        add_config_options(p, study.config, skip=("device",))
+        for group in study.options:
+            OPTION_GROUPS[group].add(p)
         p.add_argument("--device", default="auto", help=device_help)
         _common(p)
         p.set_defaults(func=_cmd_run)
     a = rsub.add_parser("all", help="every study with one profile, then the report")
     a.add_argument(
         "--profile",
-        choices=suite.PROFILES,
+        choices=registry.PROFILES,
         default="full",
         help="full: the studies as specified; quick: a few-minute demonstration (default: full)",
     )
     a.add_argument(
         "--protocol",
-        choices=tuple(suite.PROTOCOLS),
+        choices=registry.PROTOCOLS,
         default="both",
         help="specified: the studies as written; best: the best honest protocols "
         "(fewshot-best, digits-best); both (default: both)",
@@ -524,22 +625,54 @@ def describe_os_error(exc: OSError) -> str:
     return f"{exc.strerror or type(exc).__name__}{where}"
 
 
+def _raise_terminated(signum, frame) -> None:
+    from mnistlab.errors import Terminated
+
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM becomes :class:`Terminated` (a KeyboardInterrupt) for the command's duration:
+    one place turns both into a saved, resumable stop (signal handlers can be set only from
+    the main thread; elsewhere the default stays)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("MNISTLAB_DEBUG") == "1"
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_as_interrupt():
+            return int(args.func(args) or 0)
     except MnistlabError as exc:
         if debug:
             raise
         print(f"mnistlab: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if debug:
             raise
-        print("mnistlab: interrupted; finished work is saved, re-run to resume", file=sys.stderr)
-        return 130
+        from mnistlab.errors import Terminated
+
+        what, code = (
+            ("terminated (SIGTERM)", 143)
+            if isinstance(exc, Terminated)
+            else (
+                "interrupted",
+                130,
+            )
+        )
+        print(f"mnistlab: {what}; finished work is saved, re-run to resume", file=sys.stderr)
+        return code
     except BrokenPipeError:  # e.g. `mnistlab weights list | head`
         return 0
     except OSError as exc:

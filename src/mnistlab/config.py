@@ -1,15 +1,18 @@
 """Config fields that carry their own help, and the range checks every config runs.
 
-A study's config dataclass is the single source of its defaults: the CLI builds its options
-from these fields (help text, unit and default shown), and ``__post_init__`` validates the
-values, so a library caller and a command-line user get the same one-line error before any
+A study's config dataclass is the single source of its defaults and ranges: the CLI builds
+its options from these fields (help text, unit and default shown), and ``__post_init__``
+validates the values against the ranges declared on them, so a library caller and a
+command-line user get the same one-line error, naming the option the user typed, before any
 work starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import typing
 from typing import Any
 
 from mnistlab.errors import MnistlabError
@@ -25,15 +28,65 @@ def option(
     unit: str = "",
     cli: str | None = None,
     choices: tuple[str, ...] = (),
+    lo: float | None = None,
+    hi: float | None = None,
+    open_lo: bool = False,
+    open_hi: bool = False,
 ) -> Any:
-    """A dataclass field with the help text the CLI shows. ``cli`` renames its option;
-    ``cli=""`` keeps it library-only, ``cli="hidden"`` accepts it without advertising it."""
+    """A dataclass field with the help text the CLI shows and the range :func:`validate`
+    enforces (on every item of a tuple). ``cli`` renames its option; ``cli=""`` keeps it
+    library-only, ``cli="hidden"`` accepts it without advertising it."""
     meta: dict[str, Any] = {"help": help, "unit": unit, "choices": choices}
+    meta |= {"lo": lo, "hi": hi, "open_lo": open_lo, "open_hi": open_hi}
     if cli is not None:
         meta["cli"] = cli
     if isinstance(default, list | dict | set):
         raise TypeError("use tuples for sequence defaults (configs are frozen and hashed)")
     return dataclasses.field(default=default, metadata=meta)
+
+
+def flag(f: dataclasses.Field) -> str:
+    """What a user types for this field (``--epochs`` for ``max_epochs`` if it says so); a
+    library-only field is named by its own name. The CLI and every error message use this."""
+    cli = f.metadata.get("cli")
+    if cli == "":
+        return f.name
+    if cli and cli != "hidden":
+        return cli
+    return f"--{f.name.replace('_', '-')}"
+
+
+def flag_of(config: Any, name: str) -> str:
+    return flag(next(f for f in dataclasses.fields(config) if f.name == name))
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def validate(config: Any) -> None:
+    """Check every declared choice and range of ``config``; the message names the option the
+    user typed. Called first by each config's ``__post_init__``; cross-field rules follow."""
+    hints = _hints(type(config))
+    for f in dataclasses.fields(config):
+        value, meta = getattr(config, f.name), f.metadata
+        if value is None and f.default is None:  # optional, not given
+            continue
+        many = isinstance(value, tuple)
+        items, what = (value, f"{flag(f)} values") if many else ((value,), flag(f))
+        if many and not items and (meta.get("lo") is not None or meta.get("choices")):
+            raise MnistlabError(f"{flag(f)}: empty list")
+        for v in items:
+            if meta.get("choices"):
+                check_choice(v, what, meta["choices"])
+            if meta.get("lo") is None and meta.get("hi") is None:
+                continue
+            lo, hi = meta["lo"], meta["hi"]
+            if hints[f.name] in (int, int | None, tuple[int, ...]):
+                check_int(v, what, lo, hi)
+            else:
+                check_float(v, what, lo, hi, open_lo=meta["open_lo"], open_hi=meta["open_hi"])
 
 
 def check_int(value: Any, what: str, lo: int, hi: int) -> int:
@@ -42,13 +95,17 @@ def check_int(value: Any, what: str, lo: int, hi: int) -> int:
     return value
 
 
-def check_float(value: Any, what: str, lo: float, hi: float, *, open_lo: bool = False) -> float:
+def check_float(
+    value: Any, what: str, lo: float, hi: float, *, open_lo: bool = False, open_hi: bool = False
+) -> float:
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (lo < value if open_lo else lo <= value) and value <= hi
+    ok = ok and (lo < value if open_lo else lo <= value)
+    ok = ok and (value < hi if open_hi else value <= hi)
     if not ok:
-        bracket = "(" if open_lo else "["
+        brackets = ("(" if open_lo else "[", ")" if open_hi else "]")
         raise MnistlabError(
-            f"{what} must be a finite number in {bracket}{lo:g}, {hi:g}], got {value!r}"
+            f"{what} must be a finite number in {brackets[0]}{lo:g}, {hi:g}{brackets[1]}, "
+            f"got {value!r}"
         )
     return float(value)
 

@@ -24,3 +24,8 @@ class CorruptFileError(MnistlabError):
 
 class AlreadyRunningError(MnistlabError):
     """Another process holds the run folder's lock."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what Slurm, Ray and Kubernetes send first), raised as an interrupt so that
+    every place that saves finished work on Ctrl-C does so on SIGTERM too."""

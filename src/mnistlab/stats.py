@@ -40,30 +40,69 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     return mean, sd
 
 
+def mean_ci_text(
+    pair: Sequence[float],
+    scale: float = 100,
+    digits: int = 2,
+    unit: str = " %",
+    *,
+    sign: bool = False,
+) -> str:
+    """``[mean, half-width]`` → ``"98.73 ± 0.12 %"``; a zero-width interval (one seed, or seeds
+    that agree exactly) prints the value alone, because "± 0.00" would claim a precision that
+    one run cannot show. The one formatting rule for the report and the command line."""
+    mean, half = scale * pair[0], scale * pair[1]
+    value = f"{mean:{'+' if sign else ''}.{digits}f}"
+    if half == 0 or not math.isfinite(half):
+        return f"{value}{unit}"
+    return f"{value} ± {half:.{digits}f}{unit}"
+
+
+def p_text(p: float) -> str:
+    """``p = 0.012``; a p-value that underflowed to zero is printed as a bound, never as 0."""
+    return "p < 1e-300" if p <= 0 else f"p = {p:.3g}"
+
+
+SIGNIFICANT, NOT_SIGNIFICANT, NO_TEST, DEGENERATE = (
+    "significant",
+    "not significant",
+    "no test",
+    "degenerate",
+)
+
+
 @dataclass(frozen=True)
 class Comparison:
-    """``a`` against ``b``: the mean difference, the test used and its p-value (None when no
-    test is possible, e.g. one run each)."""
+    """``a`` against ``b``: the mean difference, the test used and its p-value.
+
+    ``p`` is None when the test cannot decide: one run each (``NO_TEST``), or a degenerate
+    test whose statistic is undefined — zero variance of the paired differences, or two models
+    that agree on every image (``DEGENERATE``, with ``why``). :attr:`status` is the one place
+    where the kind of evidence is decided; the report's words follow it."""
 
     diff: float
     p: float | None
     test: str
     n: int
+    why: str = ""  # why a degenerate test decides nothing
+
+    @property
+    def status(self) -> str:
+        if self.p is None:
+            return DEGENERATE if self.why else NO_TEST
+        return SIGNIFICANT if self.p < ALPHA else NOT_SIGNIFICANT
 
     @property
     def significant(self) -> bool:
-        return self.p is not None and self.p < ALPHA
-
-    def word(self, higher: str = "better", lower: str = "worse", same: str = "the same") -> str:
-        """The direction of ``a − b``; "the same" only for an exactly zero difference."""
-        return higher if self.diff > 0 else lower if self.diff < 0 else same
+        return self.status == SIGNIFICANT
 
     def evidence(self) -> str:
-        """``p = 0.012, paired t-test over 5 seeds: significant at 5 %`` (or why none)."""
-        if self.p is None:
+        """``p = 0.012, paired t-test over 5 seeds`` or why no test could decide."""
+        if self.status == NO_TEST:
             return f"{self.test}: no significance test possible"
-        verdict = "significant" if self.significant else "not significant"
-        return f"p = {self.p:.3g}, {self.test}: {verdict} at {100 * ALPHA:g} %"
+        if self.status == DEGENERATE:
+            return f"{self.test}: {self.why}, so the test cannot decide"
+        return f"{p_text(self.p)}, {self.test}"  # type: ignore[arg-type]
 
 
 def paired(a: Sequence[float], b: Sequence[float], what: str = "seeds") -> Comparison:
@@ -76,8 +115,9 @@ def paired(a: Sequence[float], b: Sequence[float], what: str = "seeds") -> Compa
     test = f"paired t-test over {len(d)} {what if len(d) != 1 else what.rstrip('s')}"
     if len(d) < 2:
         return Comparison(float(d.mean()) if len(d) else math.nan, None, test, len(d))
-    if np.all(d == d[0]):  # no spread: the t statistic is undefined
-        return Comparison(float(d[0]), 0.0 if d[0] != 0 else 1.0, test, len(d))
+    if np.all(d == d[0]):  # no spread: the t statistic is undefined (0/0 or ±inf)
+        why = f"all {len(d)} paired differences are equal (zero variance)"
+        return Comparison(float(d[0]), None, test, len(d), why)
     with warnings.catch_warnings():  # scipy warns when differences are nearly identical
         warnings.simplefilter("ignore", RuntimeWarning)
         p = float(stats.ttest_rel(a, b).pvalue)
@@ -92,7 +132,7 @@ def mcnemar(a_only: int, b_only: int, n: int) -> Comparison:
     diff = (a_only - b_only) / n if n else math.nan
     test = f"McNemar's exact test on {n} test images"
     if a_only + b_only == 0:
-        return Comparison(diff, 1.0, test, n)
+        return Comparison(diff, None, test, n, "the two models agree on every image")
     p = stats.binomtest(a_only, a_only + b_only, 0.5).pvalue
     return Comparison(diff, float(p), test, n)
 

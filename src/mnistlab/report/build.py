@@ -17,11 +17,10 @@ from typing import Any
 
 from jinja2 import Environment, select_autoescape
 
-from mnistlab import runs
+from mnistlab import registry, runs
 from mnistlab.errors import CorruptFileError
-from mnistlab.report import sections as S
+from mnistlab.report.sections import Section, environment
 
-STUDIES = ("fewshot", "stn", "stn-deform", "digits", "fewshot-best", "digits-best")
 MANIFEST = runs.MANIFEST
 
 _TEMPLATE = """<!DOCTYPE html>
@@ -94,7 +93,7 @@ def find_runs(root: Path) -> tuple[dict[str, Path | None], dict[str, Any] | None
         except CorruptFileError as exc:
             problems.append(f"{exc}; using the newest finished runs instead")
     folders: dict[str, Path | None] = {}
-    for study in STUDIES:
+    for study in registry.STUDIES:
         listed = (manifest or {}).get("folders", {}).get(study)
         folder = Path(listed) if listed else None
         if folder is not None and not folder.is_absolute():
@@ -105,62 +104,35 @@ def find_runs(root: Path) -> tuple[dict[str, Path | None], dict[str, Any] | None
     return folders, manifest, problems
 
 
-_TITLES = {
-    "fewshot": ("fewshot", "1. Few-shot ImageNet transfer"),
-    "stn": ("stn", "2. Spatial transformer network on MNIST"),
-    "stn-deform": ("stn-deform", "3. STN on MNIST with elastic and zoom-out copies"),
-    "fewshot-best": ("fewshot-best", "1b. Few-shot: the best honest protocol"),
-    "digits-best": ("digits-best", "4b. Digits: the best honest protocol"),
-}
-
-
 def _study_sections(
-    study: str, folder: Path | None, problems: list[str], specified: dict[str, Path | None]
-) -> list[S.Section]:
-    """A study's section(s); a result file that does not verify makes it 'not available'
-    with the file named and the command that recomputes it."""
-    build = {
-        "fewshot": S.fewshot,
-        "stn": S.stn,
-        "stn-deform": S.stn_deform,
-        "digits": S.digits,
-        "fewshot-best": lambda f: S.fewshot_best(f, specified.get("fewshot")),
-        "digits-best": lambda f: S.digits_best(f, specified.get("digits")),
-    }
+    study: str, folder: Path | None, problems: list[str], usable: dict[str, Path | None]
+) -> list[Section]:
+    """A study's section(s) from the builder its registry entry names; a result file that
+    does not verify makes it 'not available' with the file named and the command that
+    recomputes it."""
+    entry = registry.get(study)
+    baseline = usable.get(entry.baseline) if entry.baseline else None
     try:
-        out = build[study](folder)
+        out = entry.report(folder, baseline)
     except CorruptFileError as exc:
-        text = f"{exc}; recompute it with `mnistlab run {study} --force` (or `run all --force`)"
+        text = f"{exc}; recompute it with `{entry.command} --force` (or `run all --force`)"
         problems.append(text)
-        keys = (
-            [("digits", "4. Digits"), ("transfer", "5. Transfer")]
-            if study == "digits"
-            else [_TITLES[study]]
-        )
-        return [S.Section(k, t, missing=text) for k, t in keys]
+        return [Section(study, entry.title, missing=text)]
     return out if isinstance(out, list) else [out]
 
 
-def build_sections(root: Path) -> tuple[list[S.Section], dict[str, Any] | None, list[str]]:
+def build_sections(root: Path) -> tuple[list[Section], dict[str, Any] | None, list[str]]:
+    """Every study's sections in registry order, numbered, then the environment."""
     folders, manifest, problems = find_runs(root)
-    secs: dict[str, list[S.Section]] = {}
+    secs: list[Section] = []
     usable: dict[str, Path | None] = {}
-    for study in STUDIES:
+    for study in registry.STUDIES:
         before = len(problems)
-        secs[study] = _study_sections(study, folders[study], problems, usable)
+        secs += _study_sections(study, folders[study], problems, usable)
         usable[study] = folders[study] if len(problems) == before else None
-    digits_part1, digits_transfer = secs["digits"]  # the best protocol goes between them
-    ordered = [
-        *secs["fewshot"],
-        *secs["fewshot-best"],
-        *secs["stn"],
-        *secs["stn-deform"],
-        digits_part1,
-        *secs["digits-best"],
-        digits_transfer,
-        S.environment(manifest, usable),
-    ]
-    return ordered, manifest, problems
+    for number, sec in enumerate(secs, 1):
+        sec.title = f"{number}. {sec.title}"
+    return [*secs, environment(manifest, usable)], manifest, problems
 
 
 def _banner(manifest: dict[str, Any] | None) -> str:
@@ -177,7 +149,7 @@ def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def render_html(secs: list[S.Section], root: Path, banner: str) -> str:
+def render_html(secs: list[Section], root: Path, banner: str) -> str:
     env = Environment(autoescape=select_autoescape(default=True))
     view = []
     for s in secs:
@@ -195,7 +167,7 @@ def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def render_markdown(secs: list[S.Section], out_dir: Path, banner: str) -> str:
+def render_markdown(secs: list[Section], out_dir: Path, banner: str) -> str:
     lines = ["# mnistlab report", ""]
     if banner:
         lines += [f"> **{banner}**", ""]

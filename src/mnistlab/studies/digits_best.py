@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mnistlab import runs
-from mnistlab.config import check_float, check_int, option
+from mnistlab.config import option
 from mnistlab.data import parse_digits
 from mnistlab.errors import MnistlabError
 from mnistlab.executors import Cell
@@ -53,26 +53,19 @@ DEFAULTS = {"batch_norm": False, "dropout": 0.0, "schedule": "constant", "augmen
 class DigitsBestConfig(DigitsConfig):
     """The as-specified study's data and rules, plus the searches."""
 
-    best_trials: int = option(12, "trials of the wider cross-validated search")
-    best_max_epochs: int = option(20, "epoch cap per fold in the search", cli="")
-    best_patience: int = option(3, "early-stopping patience in the search", cli="")
-    head_lrs: tuple[float, ...] = option((3e-3, 1e-2, 3e-2), "transfer head lrs", cli="")
-    head_l2s: tuple[float, ...] = option((0.0, 1e-4), "transfer L2 weights", cli="")
-    head_augments: tuple[str, ...] = option(("none", "shift2-rot10"), "augmentations", cli="")
-    unfreeze_factors: tuple[float, ...] = option((0.1, 0.3, 1.0), "unfreeze lr ratios", cli="")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_int(self.best_trials, "--trials", 1, 10_000)
-        check_int(self.best_max_epochs, "best_max_epochs", 1, 10_000)
-        check_int(self.best_patience, "best_patience", 1, 10_000)
-        for v in (*self.head_lrs, *self.unfreeze_factors):
-            check_float(v, "learning rate", 0.0, 10.0, open_lo=True)
-        for v in self.head_l2s:
-            check_float(v, "L2 weight", 0.0, 1.0)
-        for a in self.head_augments:
-            if a not in digits_tune.AUGMENTS:
-                raise MnistlabError(f"unknown augmentation {a!r}")
+    best_trials: int = option(12, "trials of the wider cross-validated search", lo=1, hi=10_000)
+    best_max_epochs: int = option(20, "epoch cap per fold in the search", cli="", lo=1, hi=10_000)
+    best_patience: int = option(3, "early-stopping patience in the search", cli="", lo=1, hi=10_000)
+    head_lrs: tuple[float, ...] = option(
+        (3e-3, 1e-2, 3e-2), "transfer head lrs", cli="", lo=0, hi=10, open_lo=True
+    )
+    head_l2s: tuple[float, ...] = option((0.0, 1e-4), "transfer L2 weights", cli="", lo=0, hi=1)
+    head_augments: tuple[str, ...] = option(
+        ("none", "shift2-rot10"), "augmentations", cli="", choices=tuple(digits_tune.AUGMENTS)
+    )
+    unfreeze_factors: tuple[float, ...] = option(
+        (0.1, 0.3, 1.0), "unfreeze lr ratios", cli="", lo=0, hi=10, open_lo=True
+    )
 
 
 def wide_space(trial) -> dict[str, Any]:

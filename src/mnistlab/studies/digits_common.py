@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mnistlab.config import check_device, check_float, check_int, check_seed, option
+from mnistlab.config import SEED_MAX, check_device, check_int, flag_of, option, validate
 from mnistlab.data import COUNTS, check_disjoint, load_mnist, parse_digits, select_digits
 from mnistlab.errors import MnistlabError
 from mnistlab.models.mlp import MLP, MLPConfig
@@ -35,40 +35,63 @@ class DigitsConfig:
 
     source_digits: str = option("0-4", "digits of the source task", cli="--source")
     target_digits: str = option("5-9", "digits of the transfer task", cli="--target")
-    seed: int = option(0, "master seed")
+    seed: int = option(0, "master seed", lo=0, hi=SEED_MAX)
     # Part 1: baseline pre-training
-    val_fraction: float = option(0.1, "validation share of the source training set", cli="")
-    lr: float = option(1e-3, "Adam learning rate before tuning", cli="")
-    l2: float = option(1e-5, "L2 weight before tuning", cli="")
-    batch_size: int = option(64, "mini-batch size before tuning", cli="")
-    max_epochs: int = option(40, "epoch cap of part-1 training", unit="epochs", cli="--epochs")
-    patience: int = option(5, "early-stopping patience of part 1", unit="epochs", cli="")
-    checkpoint_every: int = option(5, "periodic checkpoint interval", unit="epochs", cli="")
+    val_fraction: float = option(
+        0.1, "validation share of the source training set", cli="", lo=0, hi=0.5, open_lo=True
+    )
+    lr: float = option(1e-3, "Adam learning rate before tuning", cli="", lo=0, hi=10, open_lo=True)
+    l2: float = option(1e-5, "L2 weight before tuning", cli="", lo=0, hi=1)
+    batch_size: int = option(64, "mini-batch size before tuning", cli="", lo=1, hi=65_536)
+    max_epochs: int = option(
+        40, "epoch cap of part-1 training", unit="epochs", cli="--epochs", lo=1, hi=10_000
+    )
+    patience: int = option(
+        5, "early-stopping patience of part 1", unit="epochs", cli="", lo=1, hi=10_000
+    )
+    checkpoint_every: int = option(
+        5, "periodic checkpoint interval", unit="epochs", cli="", lo=1, hi=10_000
+    )
     # Part 1: cross-validated tuning (Optuna TPE)
-    trials: int = option(12, "Optuna trials")
-    folds: int = option(3, "K of the stratified K-fold")
-    tune_max_epochs: int = option(12, "epoch cap per fold while tuning", cli="")
-    tune_patience: int = option(3, "early-stopping patience while tuning", cli="")
+    trials: int = option(12, "Optuna trials", lo=1, hi=10_000)
+    folds: int = option(3, "K of the stratified K-fold", lo=2, hi=min(COUNTS["train"]))
+    tune_max_epochs: int = option(12, "epoch cap per fold while tuning", cli="", lo=1, hi=10_000)
+    tune_patience: int = option(3, "early-stopping patience while tuning", cli="", lo=1, hi=10_000)
     # Part 1: batch norm and dropout
-    target_val_acc: float = option(0.98, "validation accuracy 'converged' means", cli="")
-    dropout_rates: tuple[float, ...] = option((0.1, 0.2, 0.3, 0.5), "dropout rates", cli="")
+    target_val_acc: float = option(
+        0.98, "validation accuracy 'converged' means", cli="", lo=0, hi=1
+    )
+    dropout_rates: tuple[float, ...] = option(
+        (0.1, 0.2, 0.3, 0.5), "dropout rates", cli="", lo=0, hi=1, open_lo=True, open_hi=True
+    )
     # Part 2: transfer
-    per_digit: int = option(100, "training images per target digit", unit="images")
-    val_per_digit: int = option(200, "validation images per target digit", cli="")
-    transfer_seeds: int = option(5, "transfer repeats (draws)", cli="--seeds")
-    transfer_batch_size: int = option(50, "mini-batch size of transfer", cli="")
+    per_digit: int = option(100, "training images per target digit", unit="images", lo=1, hi=10**6)
+    val_per_digit: int = option(200, "validation images per target digit", cli="", lo=1, hi=10**6)
+    transfer_seeds: int = option(5, "transfer repeats (draws)", cli="--seeds", lo=1, hi=1000)
+    transfer_batch_size: int = option(50, "mini-batch size of transfer", cli="", lo=1, hi=65_536)
     # The source-tuned lr (~1e-3) left the frozen heads still improving at a 300-epoch cap;
     # 1e-2 lets every variant stop by patience. One lr and one stopping rule for all variants.
-    transfer_lr: float = option(1e-2, "Adam learning rate of transfer", cli="")
-    transfer_max_epochs: int = option(500, "epoch cap of transfer", cli="")
-    transfer_patience: int = option(20, "early-stopping patience of transfer", cli="")
-    transfer_min_delta: float = option(1e-3, "val-loss decrease that resets patience", cli="")
-    unfreeze_lr_factor: float = option(0.1, "learning-rate factor when unfreezing", cli="")
+    transfer_lr: float = option(
+        1e-2, "Adam learning rate of transfer", cli="", lo=0, hi=10, open_lo=True
+    )
+    transfer_max_epochs: int = option(500, "epoch cap of transfer", cli="", lo=1, hi=100_000)
+    transfer_patience: int = option(
+        20, "early-stopping patience of transfer", cli="", lo=1, hi=100_000
+    )
+    transfer_min_delta: float = option(
+        1e-3, "val-loss decrease that resets patience", cli="", lo=0, hi=1
+    )
+    unfreeze_lr_factor: float = option(
+        0.1, "learning-rate factor when unfreezing", cli="", lo=0, hi=100, open_lo=True
+    )
     device: str = option("auto", "auto (CUDA, MPS, CPU), cpu, cuda, cuda:N or mps")
     # Tests only: keep the first N images of each split (None = all)
-    limit: int | None = option(None, "use the first N images of each split", cli="hidden")
+    limit: int | None = option(
+        None, "use the first N images of each split", cli="hidden", lo=1, hi=sum(COUNTS["test"])
+    )
 
     def __post_init__(self) -> None:
+        validate(self)
         src, tgt = parse_digits(self.source_digits), parse_digits(self.target_digits)
         check_disjoint(src, tgt)
         if len(src) != len(tgt):
@@ -78,39 +101,9 @@ class DigitsConfig:
             )
         if len(src) < 2:
             raise MnistlabError("a classification task needs at least two digits")
-        check_seed(self.seed)
-        check_float(self.val_fraction, "val_fraction", 0.0, 0.5, open_lo=True)
-        for name in ("lr", "transfer_lr"):
-            check_float(getattr(self, name), name, 0.0, 10.0, open_lo=True)
-        for name in ("l2", "transfer_min_delta"):
-            check_float(getattr(self, name), name, 0.0, 1.0)
-        check_float(self.unfreeze_lr_factor, "unfreeze_lr_factor", 0.0, 100.0, open_lo=True)
-        check_float(self.target_val_acc, "target_val_acc", 0.0, 1.0)
-        for name, hi in (
-            ("batch_size", 65_536),
-            ("transfer_batch_size", 65_536),
-            ("max_epochs", 10_000),
-            ("patience", 10_000),
-            ("checkpoint_every", 10_000),
-            ("trials", 10_000),
-            ("tune_max_epochs", 10_000),
-            ("tune_patience", 10_000),
-            ("transfer_seeds", 1000),
-            ("transfer_max_epochs", 100_000),
-            ("transfer_patience", 100_000),
-        ):
-            check_int(getattr(self, name), f"--{name.replace('_', '-')}", 1, hi)
         smallest = min(COUNTS["train"][d] for d in src)
-        check_int(self.folds, "--folds", 2, smallest)
-        for rate in self.dropout_rates:
-            check_float(rate, "dropout rate", 0.0, 1.0, open_lo=True)
-            if rate >= 1:
-                raise MnistlabError(f"dropout rate must be below 1, got {rate}")
-        check_int(self.per_digit, "--per-digit", 1, 10**6)
-        check_int(self.val_per_digit, "val_per_digit", 1, 10**6)
+        check_int(self.folds, flag_of(self, "folds"), 2, smallest)
         check_device(self.device)
-        if self.limit is not None:
-            check_int(self.limit, "limit", 1, sum(COUNTS["test"]))
         self.check_target_counts(COUNTS["train"])
 
     def check_target_counts(self, counts: tuple[int, ...] | list[int]) -> None:

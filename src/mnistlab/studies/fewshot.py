@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from mnistlab import runs
-from mnistlab.config import check_choice, check_device, check_float, check_int, check_seed, option
+from mnistlab.config import SEED_MAX, check_device, flag_of, option, validate
 from mnistlab.data import COUNTS, balanced_subset, load_mnist
 from mnistlab.errors import MnistlabError
 from mnistlab.executors import Cell
@@ -66,22 +66,35 @@ class FewshotConfig:
     trailed by 1–3 points, and accuracy moved < 0.5 point after epoch 60."""
 
     backbones: tuple[str, ...] = option(("resnet50", "vgg19"), "frozen ImageNet backbones", cli="")
-    sizes: tuple[int, ...] = option((10, 30, 50, 70, 90), "training images per class")
-    seeds: int = option(5, "repeats, each a different balanced draw")
-    seed: int = option(0, "first seed; repeats use seed, seed+1, …")
-    epochs: int = option(100, "epochs of head training", unit="epochs")
-    lr: float = option(3e-3, "Adam learning rate of the reported head")
-    batch_size: int = option(32, "mini-batch size", unit="images")
-    val_per_class: int = option(20, "validation images per class (honest protocol)", cli="")
+    sizes: tuple[int, ...] = option(
+        (10, 30, 50, 70, 90), "training images per class", lo=1, hi=10**6
+    )
+    seeds: int = option(5, "repeats, each a different balanced draw", lo=1, hi=1000)
+    seed: int = option(0, "first seed; repeats use seed, seed+1, …", lo=0, hi=SEED_MAX)
+    epochs: int = option(100, "epochs of head training", unit="epochs", lo=1, hi=100_000)
+    lr: float = option(3e-3, "Adam learning rate of the reported head", lo=0, hi=10, open_lo=True)
+    batch_size: int = option(32, "mini-batch size", unit="images", lo=1, hi=65_536)
+    val_per_class: int = option(
+        20, "validation images per class (honest protocol)", cli="", lo=1, hi=10**6
+    )
     lr_grid: tuple[float, ...] = option(
-        (1e-3, 3e-3, 1e-2), "learning rates the honest protocol chooses from", cli=""
+        (1e-3, 3e-3, 1e-2),
+        "learning rates the honest protocol chooses from",
+        cli="",
+        lo=0.0,
+        hi=10.0,
+        open_lo=True,
     )
     weights: tuple[tuple[str, str], ...] = option((), "(backbone, path|random) overrides", cli="")
     precision: str = option("auto", "feature extraction arithmetic", choices=PRECISIONS)
     cache: bool = option(True, "cache frozen features on disk", cli="")
-    test_limit: int | None = option(None, "use the first N test images")
-    image_size: int = option(224, "side the digits are scaled up to", unit="px", cli="")
-    extract_batch: int = option(32, "images per feature-extraction batch", cli="")
+    test_limit: int | None = option(
+        None, "use the first N test images", lo=1, hi=sum(COUNTS["test"])
+    )
+    image_size: int = option(
+        224, "side the digits are scaled up to", unit="px", cli="", lo=16, hi=1024
+    )
+    extract_batch: int = option(32, "images per feature-extraction batch", cli="", lo=1, hi=4096)
     device: str = option("auto", "auto (CUDA, MPS, CPU), cpu, cuda, cuda:N or mps")
 
     def __post_init__(self) -> None:
@@ -91,12 +104,9 @@ class FewshotConfig:
             get_backbone(name)
         if len(set(self.backbones)) != len(self.backbones):
             raise MnistlabError(f"a backbone is listed twice: {list(self.backbones)}")
-        if not self.sizes:
-            raise MnistlabError("empty size list")
-        for n in self.sizes:
-            check_int(n, "--sizes values", 1, 10**6)
+        validate(self)
         if len(set(self.sizes)) != len(self.sizes):
-            raise MnistlabError(f"--sizes lists a size twice: {list(self.sizes)}")
+            raise MnistlabError(f"{flag_of(self, 'sizes')} lists a size twice: {list(self.sizes)}")
         need = max(self.sizes) + self.val_per_class
         if need > min(COUNTS["train"]):
             digit = COUNTS["train"].index(min(COUNTS["train"]))
@@ -104,19 +114,6 @@ class FewshotConfig:
                 f"size {max(self.sizes)} per class + {self.val_per_class} validation needs "
                 f"{need} images of every digit; digit {digit} has only {min(COUNTS['train'])}"
             )
-        check_int(self.seeds, "--seeds", 1, 1000)
-        check_seed(self.seed)
-        check_int(self.epochs, "--epochs", 1, 100_000)
-        check_float(self.lr, "--lr", 0.0, 10.0, open_lo=True)
-        for lr in self.lr_grid:
-            check_float(lr, "lr_grid values", 0.0, 10.0, open_lo=True)
-        check_int(self.batch_size, "--batch-size", 1, 65_536)
-        check_int(self.val_per_class, "val_per_class", 1, 10**6)
-        check_choice(self.precision, "precision", PRECISIONS)
-        if self.test_limit is not None:
-            check_int(self.test_limit, "--test-limit", 1, sum(COUNTS["test"]))
-        check_int(self.image_size, "image_size", 16, 1024)
-        check_int(self.extract_batch, "extract_batch", 1, 4096)
         for name, _ in self.weights:
             if name != "*":
                 get_backbone(name)
@@ -423,6 +420,7 @@ def aggregate(rows: list[dict], cfg: FewshotConfig) -> list[dict]:
                 "per_seed_val_epoch_same_lr_test_acc": [
                     r["val_epoch_same_lr_test_acc"] for r in sel
                 ],
+                "per_seed_val_selected_test_acc": [r["val_test_acc"] for r in sel],
             }
         )
     return table

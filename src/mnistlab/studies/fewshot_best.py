@@ -28,7 +28,7 @@ import torch
 from torch.nn import functional as F
 
 from mnistlab import runs
-from mnistlab.config import check_float, check_int, option
+from mnistlab.config import option
 from mnistlab.data import load_mnist
 from mnistlab.errors import MnistlabError
 from mnistlab.models.backbones import build_model, head_of, resolve_weights
@@ -47,20 +47,21 @@ TRANSFORMS = ("none", "standardize", "l2", "l2+standardize")
 class FewshotBestConfig(fewshot.FewshotConfig):
     """The as-specified study's data and heads, plus the search."""
 
-    transforms: tuple[str, ...] = option(TRANSFORMS, "feature transforms searched", cli="")
-    c_grid: tuple[float, ...] = option(
-        (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0), "inverse regularisation strengths", cli=""
+    transforms: tuple[str, ...] = option(
+        TRANSFORMS, "feature transforms searched", cli="", choices=TRANSFORMS
     )
-    lbfgs_iters: int = option(300, "L-BFGS iterations per fit", cli="")
+    c_grid: tuple[float, ...] = option(
+        (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
+        "inverse regularisation strengths",
+        cli="",
+        lo=0,
+        hi=1e6,
+        open_lo=True,
+    )
+    lbfgs_iters: int = option(300, "L-BFGS iterations per fit", cli="", lo=1, hi=100_000)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for t in self.transforms:
-            if t not in TRANSFORMS:
-                raise MnistlabError(f"unknown transform {t!r}; choose from {', '.join(TRANSFORMS)}")
-        for c in self.c_grid:
-            check_float(c, "C", 0.0, 1e6, open_lo=True)
-        check_int(self.lbfgs_iters, "lbfgs_iters", 1, 100_000)
         if not self.cache:
             raise MnistlabError("the best protocol works on cached features")
 

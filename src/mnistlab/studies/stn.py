@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from mnistlab import runs
-from mnistlab.config import check_choice, check_device, check_float, check_int, check_seed, option
+from mnistlab.config import SEED_MAX, check_device, option, validate
 from mnistlab.data import COUNTS, load_mnist
 from mnistlab.executors import Cell, where
 from mnistlab.models.stn import StackedSTN, STNNet, init_stn, to_input
@@ -40,30 +40,31 @@ MODELS = ("stn", "baseline")  # with and without the transformer
 class STNConfig:
     """Tutorial defaults: SGD lr 0.01, batch 64, 20 epochs."""
 
-    epochs: int = option(20, "training epochs per model", unit="epochs")
-    lr: float = option(0.01, "learning rate")
-    batch_size: int = option(64, "mini-batch size", unit="images")
+    epochs: int = option(20, "training epochs per model", unit="epochs", lo=1, hi=10_000)
+    lr: float = option(0.01, "learning rate", lo=0.0, hi=10.0, open_lo=True)
+    batch_size: int = option(64, "mini-batch size", unit="images", lo=1, hi=65_536)
     optimizer: str = option("sgd", "optimizer (the tutorial: plain SGD)", choices=OPTIMIZERS)
-    seeds: int = option(3, "repeats with different seeds (init, batch order, dropout)")
-    seed: int = option(0, "first seed; repeats use seed, seed+1, …")
-    train_eval_size: int = option(
-        10_000, "training images scored in eval mode after each epoch", unit="images"
+    seeds: int = option(
+        3, "repeats with different seeds (init, batch order, dropout)", lo=1, hi=1000
     )
-    limit_train: int | None = option(None, "use the first N training images", cli="hidden")
-    limit_test: int | None = option(None, "use the first N test images", cli="hidden")
+    seed: int = option(0, "first seed; repeats use seed, seed+1, …", lo=0, hi=SEED_MAX)
+    train_eval_size: int = option(
+        10_000,
+        "training images scored in eval mode after each epoch",
+        unit="images",
+        lo=1,
+        hi=10**7,
+    )
+    limit_train: int | None = option(
+        None, "use the first N training images", cli="hidden", lo=1, hi=10**7
+    )
+    limit_test: int | None = option(
+        None, "use the first N test images", cli="hidden", lo=1, hi=10**7
+    )
     device: str = option("auto", "auto (CUDA, MPS, CPU), cpu, cuda, cuda:N or mps")
 
     def __post_init__(self) -> None:
-        check_int(self.epochs, "--epochs", 1, 10_000)
-        check_float(self.lr, "--lr", 0.0, 10.0, open_lo=True)
-        check_int(self.batch_size, "--batch-size", 1, 65_536)
-        check_choice(self.optimizer, "optimizer", OPTIMIZERS)
-        check_int(self.seeds, "--seeds", 1, 1000)
-        check_seed(self.seed)
-        check_int(self.train_eval_size, "train_eval_size", 1, 10**7)
-        for name in ("limit_train", "limit_test"):
-            if (value := getattr(self, name)) is not None:
-                check_int(value, name, 1, 10**7)
+        validate(self)
         check_device(self.device)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from mnistlab.config import option
+from mnistlab.config import SEED_MAX, option
 from mnistlab.data import COUNTS, KINDS, DeformParams, expand, load_mnist
 from mnistlab.progress import Progress
 from mnistlab.stats import mean_ci
@@ -41,13 +41,23 @@ class STNDeformConfig(STNConfig):
     """The STN study's settings plus the deformations; one seed and a larger train subset
     scored per epoch (15k of 180k) by default."""
 
-    seeds: int = option(1, "repeats with different seeds (init, batch order, dropout)")
-    train_eval_size: int = option(
-        15_000, "training images scored in eval mode after each epoch", unit="images"
+    seeds: int = option(
+        1, "repeats with different seeds (init, batch order, dropout)", lo=1, hi=1000
     )
-    sigma: float = option(2.0, "elastic displacement std at the 3×3 control points", unit="px")
-    zoom_factor: float = option(4.0, "zoom-out factor of the shrunken copies", cli="--zoom")
-    deform_seed: int = option(0, "seed of the elastic displacements", cli="")
+    train_eval_size: int = option(
+        15_000,
+        "training images scored in eval mode after each epoch",
+        unit="images",
+        lo=1,
+        hi=10**7,
+    )
+    sigma: float = option(
+        2.0, "elastic displacement std at the 3×3 control points", unit="px", lo=0.0, hi=28.0
+    )
+    zoom_factor: float = option(
+        4.0, "zoom-out factor of the shrunken copies", cli="--zoom", lo=1.0, hi=28.0
+    )
+    deform_seed: int = option(0, "seed of the elastic displacements", cli="", lo=0, hi=SEED_MAX)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -1,0 +1,281 @@
+"""Every study, once: its name, title, protocol, config, run function, report section,
+quick-profile overrides and summary line.
+
+The command line's choices, ``run all`` (its order and manifest), the report's order and
+titles, and the summary lines all read this one table, so adding a study is one module (a
+config dataclass and ``run``), one report builder and one :class:`Study` entry here. It stays
+free of torch: study and report modules are named by import path and loaded only when a study
+runs or a report is built (``mnistlab report`` and ``--help`` of other commands never pay for
+torch).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from mnistlab.errors import MnistlabError
+from mnistlab.stats import mean_ci_text
+
+PROFILES = ("quick", "full")
+PROTOCOL_NAMES = ("specified", "best")  # run order of ``run all``: as specified first
+PROTOCOLS = (*PROTOCOL_NAMES, "both")
+
+
+def _load(path: str) -> Any:
+    """``"package.module:attr"`` → the attribute (imported on first use)."""
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+@dataclass(frozen=True)
+class Study:
+    """One study as the rest of the tool knows it."""
+
+    name: str
+    title: str  # report heading (numbered by the report in registry order)
+    help: str  # one line for ``mnistlab run --help``
+    protocol: str  # "specified" (the questions as asked) or "best" (the best honest protocol)
+    config_path: str  # "module:ConfigClass"
+    run_path: str  # "module:run" — run(config, out_dir, *, progress, force, data_dir, executor)
+    report_path: str  # "module:builder" — builder(folder, baseline) -> Section | [Section]
+    summary: Callable[[dict[str, Any]], str]  # one line from the finished run's metrics
+    quick: Mapping[str, Any] = field(default_factory=dict)  # quick-profile overrides
+    options: tuple[str, ...] = ()  # extra option groups of the CLI (``cli.OPTION_GROUPS``)
+    in_suite: Mapping[str, Any] = field(default_factory=dict)  # run kwargs inside ``run all``
+    baseline: str | None = None  # the as-specified study a best protocol is compared with
+
+    @property
+    def config(self) -> type:
+        return _load(self.config_path)
+
+    @property
+    def run(self) -> Callable[..., dict]:
+        return _load(self.run_path)
+
+    @property
+    def report(self) -> Callable[..., Any]:
+        return _load(self.report_path)
+
+    @property
+    def command(self) -> str:
+        return f"mnistlab run {self.name}"
+
+
+# ------------------------------------------------------------------------- summary lines
+
+
+def _fewshot_line(m: dict[str, Any]) -> str:
+    parts = []
+    for name, r in m["backbones"].items():
+        row = r["table"][0]
+        tag = " (random weights)" if r["random_weights"] else ""
+        parts.append(
+            f"{name}{tag} lowest test error at {row['size']}/class "
+            f"{mean_ci_text(row['lowest_test_error'])}"
+        )
+    parts += [f"{n} skipped (no weights)" for n in m.get("skipped", {})]
+    return "; ".join(parts)
+
+
+def _stn_line(m: dict[str, Any]) -> str:
+    return (
+        f"final test accuracy STN {mean_ci_text(m['stn']['final_test_acc'])}, "
+        f"CNN {mean_ci_text(m['baseline']['final_test_acc'])}"
+    )
+
+
+def _deform_line(m: dict[str, Any]) -> str:
+    a = m["final_test_acc"]
+    return (
+        f"zoom-out test accuracy STN {mean_ci_text(a['stn']['zoom'])} vs CNN "
+        f"{mean_ci_text(a['baseline']['zoom'])}; mean θ scale on zoomed "
+        f"{m['mean_scale_by_kind']['zoom']:.3f}"
+    )
+
+
+def _digits_line(m: dict[str, Any]) -> str:  # digits.run returns every part's results
+    parts = []
+    if "tune" in m:
+        parts.append(f"tuned test precision {100 * m['tune']['test_precision']:.2f} %")
+    for v in ("frozen5", "scratch"):
+        if v in m:
+            parts.append(f"{v} {mean_ci_text(m[v]['summary']['test_acc'], digits=1)}")
+    return "; ".join(parts)
+
+
+def _fewshot_best_line(m: dict[str, Any]) -> str:
+    parts = [
+        f"{name} best honest test accuracy at {r['table'][0]['size']}/class "
+        f"{mean_ci_text(r['table'][0]['test_acc'])}"
+        for name, r in m["backbones"].items()
+    ]
+    return "; ".join(parts) or "no backbone had weights"
+
+
+def _digits_best_line(m: dict[str, Any]) -> str:
+    src, tr = m["source"]["best"], m["transfer"]
+    return f"source test precision {100 * src['test_precision']:.2f} %; transfer " + ", ".join(
+        f"{v} {mean_ci_text(tr[v]['test_acc'], digits=1)}" for v in tr
+    )
+
+
+# ------------------------------------------------------------------------- the table
+
+_QUICK_FEWSHOT = {"sizes": (10, 30), "seeds": 2, "epochs": 40, "test_limit": 1000}
+_QUICK_DIGITS = {
+    "trials": 4,
+    "folds": 2,
+    "tune_max_epochs": 6,
+    "max_epochs": 15,
+    "transfer_seeds": 2,
+    "dropout_rates": (0.1, 0.3),
+}
+_QUICK_STN = {"epochs": 3, "limit_train": 10_000, "limit_test": 2000}
+_SKIP_MISSING = {"skip_missing": True}  # run all skips a backbone without weights, with reason
+
+
+def _entry(name: str, module: str, config: str, section: str, **kw: Any) -> Study:
+    kw["quick"] = MappingProxyType(kw.get("quick", {}))
+    kw["in_suite"] = MappingProxyType(kw.get("in_suite", {}))
+    return Study(
+        name=name,
+        config_path=f"mnistlab.studies.{module}:{config}",
+        run_path=f"mnistlab.studies.{module}:run",
+        report_path=f"mnistlab.report.sections:{section}",
+        **kw,
+    )
+
+
+_STUDIES = (
+    _entry(
+        "fewshot",
+        "fewshot",
+        "FewshotConfig",
+        "fewshot",
+        title="Few-shot ImageNet transfer",
+        help="few-shot transfer: new 10-way layer on frozen ImageNet nets",
+        protocol="specified",
+        summary=_fewshot_line,
+        quick=_QUICK_FEWSHOT,
+        options=("backbones",),
+        in_suite=_SKIP_MISSING,
+    ),
+    _entry(
+        "fewshot-best",
+        "fewshot_best",
+        "FewshotBestConfig",
+        "fewshot_best",
+        title="Few-shot: the best honest protocol",
+        help="few-shot: the best honest head (chosen on validation) on the same frozen features",
+        protocol="best",
+        summary=_fewshot_best_line,
+        quick=_QUICK_FEWSHOT,
+        options=("backbones",),
+        in_suite=_SKIP_MISSING,
+        baseline="fewshot",
+    ),
+    _entry(
+        "stn",
+        "stn",
+        "STNConfig",
+        "stn",
+        title="Spatial transformer network on MNIST",
+        help="spatial transformer vs plain CNN on MNIST; what it learns",
+        protocol="specified",
+        summary=_stn_line,
+        quick={**_QUICK_STN, "seeds": 1, "train_eval_size": 2000},
+    ),
+    _entry(
+        "stn-deform",
+        "stn_deform",
+        "STNDeformConfig",
+        "stn_deform",
+        title="STN on MNIST with elastic and zoom-out copies",
+        help="STN on MNIST + elastic + zoom-out copies (60k → 180k)",
+        protocol="specified",
+        summary=_deform_line,
+        quick={**_QUICK_STN, "train_eval_size": 3000},
+    ),
+    _entry(
+        "digits",
+        "digits",
+        "DigitsConfig",
+        "digits",
+        title="Digits: the 5×100 MLP, tuning, batch norm, dropout",
+        help="MLP on digits 0–4, tuning, BN, dropout, transfer to 5–9",
+        protocol="specified",
+        summary=_digits_line,
+        quick=_QUICK_DIGITS,
+        options=("parts",),
+    ),
+    _entry(
+        "digits-best",
+        "digits_best",
+        "DigitsBestConfig",
+        "digits_best",
+        title="Digits: the best honest protocol",
+        help="digits: wider cross-validated search and validation-chosen transfer recipes",
+        protocol="best",
+        summary=_digits_best_line,
+        quick={
+            **_QUICK_DIGITS,
+            "best_trials": 4,
+            "best_max_epochs": 6,
+            "head_lrs": (1e-2,),
+            "head_l2s": (0.0,),
+            "unfreeze_factors": (0.1, 1.0),
+        },
+        baseline="digits",
+    ),
+)
+STUDIES: Mapping[str, Study] = MappingProxyType({s.name: s for s in _STUDIES})
+
+
+def get(name: str) -> Study:
+    try:
+        return STUDIES[name]
+    except KeyError:
+        raise MnistlabError(
+            f"unknown study {name!r}; choose one of: {', '.join(STUDIES)}"
+        ) from None
+
+
+def in_protocol(protocol: str) -> list[Study]:
+    """The studies ``run all --protocol`` runs, in run order (as specified first)."""
+    if protocol not in PROTOCOLS:
+        raise MnistlabError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
+    wanted = PROTOCOL_NAMES if protocol == "both" else (protocol,)
+    return [s for p in wanted for s in _STUDIES if s.protocol == p]
+
+
+def profile_configs(
+    profile: str, seed: int = 0, device: str = "auto", protocol: str = "both"
+) -> dict[str, Any]:
+    """The config of every study of ``protocol`` under ``profile``, in run order."""
+    if profile not in PROFILES:
+        raise MnistlabError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+    common = {"seed": seed, "device": device}
+    return {
+        s.name: s.config(**common, **(s.quick if profile == "quick" else {}))
+        for s in in_protocol(protocol)
+    }
+
+
+def summary_line(name: str, metrics: dict[str, Any]) -> str:
+    return f"{name}: {get(name).summary(metrics)}"
+
+
+__all__ = [
+    "PROFILES",
+    "PROTOCOLS",
+    "STUDIES",
+    "Study",
+    "get",
+    "in_protocol",
+    "profile_configs",
+    "summary_line",
+]

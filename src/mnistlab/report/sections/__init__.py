@@ -1,0 +1,33 @@
+"""One builder per study: its result files on disk → :class:`Section` (s) of generated prose,
+figures and tables. The registry names each study's builder; every builder takes
+``(folder, baseline)`` — its own finished run folder (or None) and, for a best protocol, the
+as-specified study's folder it is compared with.
+"""
+
+from mnistlab.report.sections.common import Section, Table, published
+from mnistlab.report.sections.digits import digits, digits_best
+from mnistlab.report.sections.environment import environment
+from mnistlab.report.sections.fewshot import fewshot, fewshot_best
+from mnistlab.report.sections.stn import (
+    deform_comparisons,
+    describe_deformations,
+    explain_deform,
+    stn,
+    stn_deform,
+)
+
+__all__ = [
+    "Section",
+    "Table",
+    "deform_comparisons",
+    "describe_deformations",
+    "digits",
+    "digits_best",
+    "environment",
+    "explain_deform",
+    "fewshot",
+    "fewshot_best",
+    "published",
+    "stn",
+    "stn_deform",
+]

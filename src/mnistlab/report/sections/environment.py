@@ -1,0 +1,62 @@
+"""The closing section: which runs, seeds, machines and data the report was built from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mnistlab import runs
+from mnistlab.report.sections.common import Section, Table
+
+
+def environment(manifest: dict[str, Any] | None, folders: dict[str, Path | None]) -> Section:
+    sec = Section("environment", "Environment and provenance")
+    rows = []
+    for study, folder in folders.items():
+        if folder is None:
+            rows.append([study, "—", "—", "—", "—"])
+            continue
+        cfg = runs.read_json(folder / "config.json")
+        m = runs.read_json(folder / "metrics.json")
+        env = cfg.get("environment", {})
+        wall = (manifest or {}).get("wall_seconds", {}).get(study, m.get("wall_seconds"))
+        rows.append(
+            [
+                study,
+                str(folder),
+                f"seed {cfg.get('seed')}",
+                f"{wall:.0f} s" if isinstance(wall, int | float) else "—",
+                f"torch {env.get('torch')}, {cfg.get('device', 'cpu')}, "
+                f"{env.get('cpu_count')} CPUs, {env.get('cuda') or 'no GPU'}",
+            ]
+        )
+    sec.tables.append(Table(["study", "results folder", "seed", "wall time", "environment"], rows))
+    any_cfg = next((runs.read_json(f / "config.json") for f in folders.values() if f), None)
+    if any_cfg:
+        env = any_cfg["environment"]
+        sec.bullets.append(
+            f"Python {env.get('python')}, numpy {env.get('numpy')}, torch {env.get('torch')}, "
+            f"mnistlab {env.get('mnistlab')}; {env.get('platform')}"
+        )
+        data = any_cfg.get("data") or {}
+        if data:
+            sec.bullets.append(f"MNIST source: {data['source']} ({data['location']})")
+            for name, digest in data["sha256"].items():
+                sec.bullets.append(f"MNIST {name}: SHA-256 {digest} (verified at load)")
+    fs = folders.get("fewshot")
+    if fs is not None:
+        m = runs.read_json(fs / "metrics.json")
+        for name, r in m["backbones"].items():
+            flag = "RANDOM (not ImageNet)" if r["random_weights"] else "ImageNet"
+            sec.bullets.append(
+                f"{name} weights: {flag} — {r['weights_source']}, "
+                f"digest {r['weights_digest'][:16]}…"
+            )
+        for name, reason in m.get("skipped", {}).items():
+            sec.bullets.append(f"{name} weights: MISSING — skipped. {reason}")
+    if manifest:
+        sec.bullets.append(
+            f"Profile: {manifest.get('profile')}; command: {manifest.get('command')}; "
+            f"finished {manifest.get('finished')}"
+        )
+    return sec

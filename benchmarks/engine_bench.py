@@ -40,9 +40,8 @@ from mnistlab.models.stack import StackedLinear, Step, stack_states
 from mnistlab.models.stn import StackedSTN, init_stn, to_input
 from mnistlab.progress import Progress
 from mnistlab.runs import environment, write_json
-from mnistlab.studies import digits_tune
-from mnistlab.studies.digits import Context
-from mnistlab.studies.digits_common import DigitsConfig, load_digits, to_flat
+from mnistlab.studies.digits import tune as digits_tune
+from mnistlab.studies.digits.common import Context, DigitsConfig, load_digits, to_flat
 from mnistlab.studies.stn import STNConfig, train_seeds
 from mnistlab.train.engine import Member, Pool, Schedule, train_stack
 

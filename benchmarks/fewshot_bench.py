@@ -19,10 +19,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mnistlab.data import load_mnist
-from mnistlab.models.backbones import ResolvedWeights, build_model, resolve_weights
+from mnistlab.models.backbones import ResolvedWeights, build_model, get_backbone, resolve_weights
 from mnistlab.progress import Progress
 from mnistlab.runs import environment, write_json
-from mnistlab.studies import fewshot
+from mnistlab.studies.fewshot import study as fewshot
 from mnistlab.train.devices import fast_cpu_bf16
 from mnistlab.train.features import FrozenFeatures
 
@@ -48,7 +48,7 @@ def flops_per_image(model, size: int = 224) -> float:
 
 def throughput(name: str, weights: ResolvedWeights, images: torch.Tensor, precision: str):
     model = build_model(name, weights)
-    frozen = FrozenFeatures(model, model.head_path, CPU, precision)
+    frozen = FrozenFeatures(model, get_backbone(name).head, CPU, precision)
     frozen(images[:8])  # warm-up (oneDNN primitive creation)
     t = time.perf_counter()
     frozen.extract(images, batch_size=64)

@@ -12,11 +12,18 @@ import argparse
 import torch
 
 from mnistlab.data import load_mnist
-from mnistlab.models.backbones import build_model, head_of, new_linear, resolve_weights
+from mnistlab.models.backbones import (
+    build_model,
+    get_backbone,
+    head_of,
+    new_linear,
+    resolve_weights,
+)
 from mnistlab.models.stack import StackedLinear
 from mnistlab.progress import Progress
 from mnistlab.runs import write_json
-from mnistlab.studies.fewshot import FewshotConfig, _features, seed_splits
+from mnistlab.studies.fewshot.common import FewshotConfig, seed_splits
+from mnistlab.studies.fewshot.pool import features
 from mnistlab.train.engine import Member, Pool, Schedule, train_stack
 from mnistlab.train.features import FrozenFeatures, resolve_precision
 
@@ -42,15 +49,17 @@ def main() -> None:
         torch.cat([torch.cat([s["val"], *s["sizes"].values()]) for s in splits.values()])
     )
     cpu = torch.device("cpu")
-    frozen = FrozenFeatures(model, model.head_path, cpu, resolve_precision("auto", cpu))
+    frozen = FrozenFeatures(
+        model, get_backbone(args.backbone).head, cpu, resolve_precision("auto", cpu)
+    )
     p = Progress()
-    pf = _features(args.backbone, w.digest, frozen, x[pool_idx], "pool", 32, p)
-    tf = _features(args.backbone, w.digest, frozen, xt, "test", 32, p)
+    pf = features(args.backbone, w.digest, frozen, x[pool_idx], "pool", 32, p)
+    tf = features(args.backbone, w.digest, frozen, xt, "test", 32, p)
     pool = Pool(torch.cat([pf, tf]), torch.cat([y[pool_idx], yt]))
     row = torch.full((len(y),), -1, dtype=torch.long)
     row[pool_idx] = torch.arange(len(pool_idx))
     test = torch.arange(len(pool_idx), len(pool.y))
-    width = head_of(model).in_features
+    width = head_of(model, args.backbone).in_features
     results = []
     for opt, lrs in GRID.items():
         for seed, sp in splits.items():

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from mnistlab.studies import digits_best, fewshot_best
+from mnistlab.studies.digits import best as digits_best
+from mnistlab.studies.fewshot import best as fewshot_best
+from mnistlab.train.probes import fit_probes
 
 FEWSHOT = dict(
     backbones=("resnet18",),
@@ -53,10 +55,9 @@ def garbage_test_labels(monkeypatch):
 
     for module in (
         "mnistlab.data",
-        "mnistlab.studies.fewshot_best",
-        "mnistlab.studies.fewshot",
-        "mnistlab.studies.digits_common",
-        "mnistlab.studies.digits_best",
+        "mnistlab.studies.fewshot.pool",
+        "mnistlab.studies.digits.common",
+        "mnistlab.studies.digits.best",
     ):
         mod = __import__(module, fromlist=["load_mnist"])
         if hasattr(mod, "load_mnist"):
@@ -89,7 +90,7 @@ def test_probe_fits_match_the_primal_solution():
     def objective(w, b):
         return torch.nn.functional.cross_entropy(x[0] @ w.T + b, y[0]) + lam / 2 * w.square().sum()
 
-    w, b = fewshot_best.fit_probes(x, y, (1.0,), 500)
+    w, b = fit_probes(x, y, (1.0,), 500)
     wp = torch.zeros(10, 100, dtype=torch.float64, requires_grad=True)
     bp = torch.zeros(10, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS(

@@ -3,13 +3,14 @@ import math
 import pytest
 import torch
 
+from mnistlab import runs
 from mnistlab.cli import main
 from mnistlab.errors import MnistlabError
 from mnistlab.models.mlp import MLPConfig, build_mlp
 from mnistlab.studies import digits as dg
-from mnistlab.studies import digits_transfer as tr
-from mnistlab.studies import digits_tune
-from mnistlab.studies.digits_common import load_model
+from mnistlab.studies.digits import transfer as tr
+from mnistlab.studies.digits import tune as digits_tune
+from mnistlab.studies.digits.common import load_digits, load_model
 from mnistlab.train.checkpoint import save_checkpoint
 
 TINY = dict(
@@ -111,8 +112,8 @@ def test_pretrain_checkpoints_reload_identically(tmp_path, mnist):
         "final.pt",
     ]
     best = load_model(folder / "best.pt", MLPConfig())
-    data = dg.load_digits("0-4", cfg.limit)
-    from mnistlab.studies.digits_common import test_metrics
+    data = load_digits("0-4", cfg.limit)
+    from mnistlab.studies.digits.common import test_metrics
 
     assert test_metrics(best, data.x_test, data.y_test)["test_acc"] == res["test_acc"]
     assert load_model(folder / "final.pt").config == MLPConfig()
@@ -186,7 +187,7 @@ def test_tuning_resumes_to_the_same_trials_after_sigkill(tmp_path, mnist):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    folder = root / "digits" / dg.runs.config_hash(cfg)
+    folder = root / "digits" / runs.config_hash(cfg)
     db = folder / "tune" / "optuna.db"
     deadline = time.monotonic() + 120
     try:

@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from mnistlab import runs
 from mnistlab.cli import main
 from mnistlab.errors import MnistlabError
 from mnistlab.models import backbones as bb
 from mnistlab.studies import fewshot
+from mnistlab.studies.fewshot.common import seed_splits
 from mnistlab.train.features import FrozenFeatures, cached_features, preprocess
 
 RANDOM = bb.ResolvedWeights(None, "RANDOM", "v1.5", "random:0")
@@ -23,10 +25,11 @@ def offline_hub(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["resnet18", "vgg16"])
 def test_one_step_changes_only_the_new_layer(name):
     model = bb.build_model(name, RANDOM, num_classes=10, seed=0)
-    head = bb.head_of(model)
+    head = bb.head_of(model, name)
+    path = bb.get_backbone(name).head
     assert head.out_features == 10
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert trainable == [f"{model.head_path}.weight", f"{model.head_path}.bias"]
+    assert trainable == [f"{path}.weight", f"{path}.bias"]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.eval()  # the frozen part runs in eval mode: BN statistics and dropout untouched
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.1)
@@ -34,17 +37,18 @@ def test_one_step_changes_only_the_new_layer(name):
     torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 3])).backward()
     opt.step()
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
-    assert changed == {f"{model.head_path}.weight", f"{model.head_path}.bias"}
+    assert changed == {f"{path}.weight", f"{path}.bias"}
 
 
 def test_cached_features_and_end_to_end_give_the_same_logits():
     model = bb.build_model("resnet18", RANDOM, seed=1).eval()
     images = torch.randint(0, 255, (6, 28, 28), dtype=torch.uint8)
-    frozen = FrozenFeatures(model, model.head_path, torch.device("cpu"), "fp32", size=64)
+    head = bb.get_backbone("resnet18").head
+    frozen = FrozenFeatures(model, head, torch.device("cpu"), "fp32", size=64)
     feats = frozen.extract(images, batch_size=4)
     with torch.inference_mode():
         direct = model(preprocess(images, torch.device("cpu"), 64))
-        cached = bb.head_of(model)(feats)
+        cached = bb.head_of(model, "resnet18")(feats)
     torch.testing.assert_close(cached, direct, rtol=1e-4, atol=1e-4)
 
 
@@ -135,7 +139,7 @@ def test_fewshot_study_cached_equals_uncached(tmp_path, mnist, tmp_cache):
 
 def test_nested_balanced_splits_per_seed(mnist):
     labels = mnist["train"][1]
-    splits = fewshot.seed_splits(labels, fewshot.FewshotConfig(sizes=(10, 30), seeds=2))
+    splits = seed_splits(labels, fewshot.FewshotConfig(sizes=(10, 30), seeds=2))
     for sp in splits.values():
         small, big = set(sp["sizes"][10].tolist()), set(sp["sizes"][30].tolist())
         assert small < big and not big & set(sp["val"].tolist())
@@ -239,7 +243,7 @@ def test_validation_chosen_heads_are_scored_once_and_consistently(tmp_path, mnis
     reported lr (scored every epoch) that single score equals the curve's value there."""
     m = fewshot.run(_tiny(epochs=5, lr_grid=(1e-3, 1e-2)), tmp_path)
     folder = next(tmp_path.glob("resnet18-*"))
-    rows = fewshot.runs.read_json(folder / "result.json")["rows"]
+    rows = runs.read_json(folder / "result.json")["rows"]
     for r in rows:
         if r["val_lr"] == fewshot.FewshotConfig.lr:
             assert r["val_test_acc"] == r["val_epoch_same_lr_test_acc"]

@@ -18,7 +18,9 @@ from mnistlab.cli import main
 from mnistlab.report import sections as S
 from mnistlab.report.build import build_report
 from mnistlab.stats import pack_correct, unpack_correct
-from mnistlab.studies import digits, digits_best, fewshot, fewshot_best, stn, stn_deform
+from mnistlab.studies import digits, fewshot, stn, stn_deform
+from mnistlab.studies.digits import best as digits_best
+from mnistlab.studies.fewshot import best as fewshot_best
 
 from .test_best import DIGITS as DIGITS_BEST
 from .test_best import FEWSHOT as FEWSHOT_BEST

@@ -153,7 +153,7 @@ def _entry(name: str, module: str, config: str, section: str, **kw: Any) -> Stud
 _STUDIES = (
     _entry(
         "fewshot",
-        "fewshot",
+        "fewshot.study",
         "FewshotConfig",
         "fewshot",
         title="Few-shot ImageNet transfer",
@@ -166,7 +166,7 @@ _STUDIES = (
     ),
     _entry(
         "fewshot-best",
-        "fewshot_best",
+        "fewshot.best",
         "FewshotBestConfig",
         "fewshot_best",
         title="Few-shot: the best honest protocol",
@@ -202,7 +202,7 @@ _STUDIES = (
     ),
     _entry(
         "digits",
-        "digits",
+        "digits.study",
         "DigitsConfig",
         "digits",
         title="Digits: the 5×100 MLP, tuning, batch norm, dropout",
@@ -214,7 +214,7 @@ _STUDIES = (
     ),
     _entry(
         "digits-best",
-        "digits_best",
+        "digits.best",
         "DigitsBestConfig",
         "digits_best",
         title="Digits: the best honest protocol",

@@ -209,7 +209,7 @@ def build_model(
     name: str, weights: ResolvedWeights, num_classes: int = 10, seed: int = 0
 ) -> nn.Module:
     """The backbone with its weights, output layer replaced by a seeded ``Linear(in, classes)``,
-    everything else frozen. ``model.head_path`` names the new layer."""
+    everything else frozen. :func:`head_of` finds the new layer."""
     bb = get_backbone(name)
     if weights.variant == "v1" and name != "resnet50":
         raise MnistlabError(f"Keras v1 weights only fit resnet50, not {name}")
@@ -226,7 +226,6 @@ def build_model(
     old = model.get_submodule(bb.head)
     model.requires_grad_(False)
     _set_module(model, bb.head, new_linear(old.in_features, num_classes, seed))
-    model.head_path = bb.head
     return model
 
 
@@ -242,5 +241,6 @@ def new_linear(in_features: int, num_classes: int, seed: int) -> nn.Linear:
     return head
 
 
-def head_of(model: nn.Module) -> nn.Linear:
-    return model.get_submodule(model.head_path)
+def head_of(model: nn.Module, name: str) -> nn.Linear:
+    """The output layer of backbone ``name`` (where the registry says it sits)."""
+    return model.get_submodule(get_backbone(name).head)

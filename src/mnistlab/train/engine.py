@@ -146,7 +146,7 @@ Prepare = Callable[[torch.Tensor], torch.Tensor]
 OnEpoch = Callable[[EpochInfo], bool | None]
 
 
-def _identity(x: torch.Tensor) -> torch.Tensor:
+def identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
@@ -545,7 +545,7 @@ def train_stack(
     *,
     trainable: Collection[str],
     device: torch.device,
-    prepare: Prepare = _identity,
+    prepare: Prepare = identity,
     shared_evals: dict[str, torch.Tensor] | None = None,
     checkpoint: Path | None = None,
     progress: Progress | None = None,

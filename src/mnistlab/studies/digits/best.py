@@ -32,15 +32,15 @@ from mnistlab.models.state import load_state_strict
 from mnistlab.progress import Progress
 from mnistlab.progress import default as default_progress
 from mnistlab.stats import mean_ci
-from mnistlab.studies import digits_tune
-from mnistlab.studies.digits import Context
-from mnistlab.studies.digits_common import (
+from mnistlab.studies.digits import tune
+from mnistlab.studies.digits.common import (
+    Context,
     DigitsConfig,
     load_digits,
     test_metrics,
     to_flat,
 )
-from mnistlab.studies.digits_transfer import Reused, _frozen_trunk, transfer_split
+from mnistlab.studies.digits.transfer import Reused, frozen_trunk, transfer_split
 from mnistlab.studies.opening import open_study
 from mnistlab.train.checkpoint import load_checkpoint, save_checkpoint
 from mnistlab.train.engine import Member, Pool, Schedule, train_stack
@@ -61,7 +61,7 @@ class DigitsBestConfig(DigitsConfig):
     )
     head_l2s: tuple[float, ...] = option((0.0, 1e-4), "transfer L2 weights", cli="", lo=0, hi=1)
     head_augments: tuple[str, ...] = option(
-        ("none", "shift2-rot10"), "augmentations", cli="", choices=tuple(digits_tune.AUGMENTS)
+        ("none", "shift2-rot10"), "augmentations", cli="", choices=tuple(tune.AUGMENTS)
     )
     unfreeze_factors: tuple[float, ...] = option(
         (0.1, 0.3, 1.0), "unfreeze lr ratios", cli="", lo=0, hi=10, open_lo=True
@@ -71,7 +71,7 @@ class DigitsBestConfig(DigitsConfig):
 def wide_space(trial) -> dict[str, Any]:
     """The as-specified space (lr, L2, batch) plus batch norm, dropout, schedule, augmentation."""
     return {
-        **digits_tune.suggest(trial),
+        **tune.suggest(trial),
         "batch_norm": trial.suggest_categorical("batch_norm", [False, True]),
         "dropout": trial.suggest_float("dropout", 0.0, 0.5, step=0.05),
         "schedule": trial.suggest_categorical("schedule", ["constant", "cosine"]),
@@ -89,10 +89,10 @@ def search(ctx: Context) -> dict:
     cfg = ctx.cfg
     folder = ctx.out / "search"
     folder.mkdir(parents=True, exist_ok=True)
-    url = digits_tune.storage_url(folder, None)  # its own database beside the results
-    study = digits_tune.open_study(url, cfg)
-    digits_tune.repair(study)
-    digits_tune.optimise(
+    url = tune.storage_url(folder, None)  # its own database beside the results
+    study = tune.open_study(url, cfg)
+    tune.repair(study)
+    tune.optimise(
         ctx,
         study,
         url,
@@ -102,7 +102,7 @@ def search(ctx: Context) -> dict:
         max_epochs=cfg.best_max_epochs,
         patience=cfg.best_patience,
     )
-    trials = digits_tune.verified_trials(study, cfg.folds, digits_tune.where(url))
+    trials = tune.verified_trials(study, cfg.folds, tune.where(url))
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     if not complete:
         raise MnistlabError("the search finished no trial; raise --trials")
@@ -134,7 +134,7 @@ def source_models(ctx: Context, found: dict) -> dict:
         groups.setdefault(key, []).append(name)
     out = {}
     for (_, schedule), names in groups.items():
-        models, seconds = digits_tune.retrain_together(
+        models, seconds = tune.retrain_together(
             ctx, [variants[n] for n in names], epochs, horizon if schedule == "cosine" else None
         )
         for name, model in zip(names, models, strict=True):
@@ -194,7 +194,7 @@ def _transfer_stack(ctx, target, recipes, n_layers, frozen, source, init, traina
             lr=r.lr * r.factor,
             weight_decay=r.l2,
             dropout=source.config.dropout,
-            augment=digits_tune.AUGMENTS[r.augment],
+            augment=tune.AUGMENTS[r.augment],
             evals={"val": splits[seed][1]},
             meta={"recipe": i, "seed": seed},
         )
@@ -219,7 +219,7 @@ def _transfer_stack(ctx, target, recipes, n_layers, frozen, source, init, traina
         ),
         trainable=trainable,
         device=ctx.device,
-        prepare=_frozen_trunk(source, frozen, ctx.device) if frozen else to_flat,
+        prepare=frozen_trunk(source, frozen, ctx.device) if frozen else to_flat,
         progress=ctx.progress,
         description=description,
     )

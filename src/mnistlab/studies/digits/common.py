@@ -4,6 +4,7 @@ importing one another.)"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,10 +12,18 @@ import torch
 from torch import nn
 
 from mnistlab.config import SEED_MAX, check_device, check_int, flag_of, option, validate
-from mnistlab.data import COUNTS, check_disjoint, load_mnist, parse_digits, select_digits
+from mnistlab.data import (
+    COUNTS,
+    check_disjoint,
+    load_mnist,
+    parse_digits,
+    select_digits,
+    stratified_split,
+)
 from mnistlab.errors import MnistlabError
 from mnistlab.models.mlp import MLP, MLPConfig
 from mnistlab.models.state import load_state_strict
+from mnistlab.progress import Progress
 from mnistlab.stats import pack_correct
 from mnistlab.train.checkpoint import load_checkpoint
 
@@ -187,3 +196,27 @@ def load_model(path: Path | str, expect: MLPConfig | None = None) -> MLP:
     model = MLP(config)
     load_state_strict(model, state["model"], str(path))
     return model.eval()
+
+
+@dataclass
+class Context:
+    """What every part gets: the config, the run folder, data on demand, other parts' results."""
+
+    cfg: DigitsConfig
+    out: Path
+    device: torch.device
+    progress: Progress
+    data_dir: Path | str | None
+    result: Callable[[str], dict]  # another part's (or variant's) result, computed if needed
+    storage: str | None = None  # a shared Optuna database URL for the tuning (--storage)
+    _source: Data | None = None
+
+    @property
+    def source(self) -> Data:
+        if self._source is None:
+            self._source = load_digits(self.cfg.source_digits, self.cfg.limit, self.data_dir)
+        return self._source
+
+
+def source_split(ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
+    return stratified_split(ctx.source.y_train, ctx.cfg.val_fraction, seed=ctx.cfg.seed)

@@ -14,7 +14,7 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,8 +23,9 @@ from mnistlab.data import balanced_subset, parse_digits
 from mnistlab.models.mlp import MLP, MLPConfig, StackedMLP, build_mlp, xavier_init
 from mnistlab.models.state import load_state_strict
 from mnistlab.stats import mean_ci
-from mnistlab.studies.digits_common import (
+from mnistlab.studies.digits.common import (
     VARIANT_LABELS,
+    Context,
     Data,
     DigitsConfig,
     load_digits,
@@ -35,9 +36,6 @@ from mnistlab.studies.digits_common import (
 )
 from mnistlab.train.checkpoint import load_checkpoint, save_checkpoint
 from mnistlab.train.engine import Member, Pool, Schedule, StackResult, train_stack
-
-if TYPE_CHECKING:
-    from mnistlab.studies.digits import Context
 
 
 class Reused(nn.Module):
@@ -125,7 +123,7 @@ def _plan(variant: str, ctx: Context, source: MLP) -> tuple[Plan, dict[str, Any]
     return Plan(n - 2, n, init, lr), {"base_variant": base, "base_val_acc": val}
 
 
-def _frozen_trunk(
+def frozen_trunk(
     source: MLP, n: int, device: torch.device
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """uint8 images → the first ``n`` frozen source blocks' output (eval mode, no gradient)."""
@@ -187,7 +185,7 @@ def _inputs(variant: str, plan: Plan, source: MLP, target: Data, device: torch.d
     once per image, timed with the training."""
     pool, prepare = Pool(target.x_train, target.y_train), to_flat
     if plan.frozen:
-        prepare = _frozen_trunk(source, plan.frozen, device)
+        prepare = frozen_trunk(source, plan.frozen, device)
     if variant == "cached5":
         pool = Pool(prepare(target.x_train.to(device)), target.y_train)
         prepare = _identity

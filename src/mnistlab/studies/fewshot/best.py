@@ -25,26 +25,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
 from mnistlab import runs
 from mnistlab.config import option
-from mnistlab.data import load_mnist
 from mnistlab.errors import MnistlabError
-from mnistlab.models.backbones import build_model, head_of, resolve_weights
+from mnistlab.models.backbones import resolve_weights
 from mnistlab.progress import Progress
 from mnistlab.stats import mean_ci
-from mnistlab.studies import fewshot
+from mnistlab.studies.fewshot.common import FewshotConfig
+from mnistlab.studies.fewshot.pool import feature_pool
+from mnistlab.studies.fewshot.study import backbone_cells, size_rows
 from mnistlab.studies.opening import open_study
 from mnistlab.train.devices import pick_device
-from mnistlab.train.features import FrozenFeatures, resolve_precision
+from mnistlab.train.probes import fit_probes, probe_scores
 
 STUDY = "fewshot-best"
 TRANSFORMS = ("none", "standardize", "l2", "l2+standardize")
 
 
 @dataclass(frozen=True)
-class FewshotBestConfig(fewshot.FewshotConfig):
+class FewshotBestConfig(FewshotConfig):
     """The as-specified study's data and heads, plus the search."""
 
     transforms: tuple[str, ...] = option(
@@ -89,56 +89,6 @@ class Transform:
         return (x - mu) / sd
 
 
-def fit_probes(
-    x: torch.Tensor, y: torch.Tensor, c_grid: tuple[float, ...], iters: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multinomial logistic regression, loss = mean cross-entropy + λ/2·‖W‖² with λ = 1/(C·N),
-    for every (seed, C) at once: ``x`` [S, N, D], ``y`` [S, N] → W [S, len(C), 10, D], b.
-
-    With fewer images than feature dimensions the optimum lies in the span of the training
-    features (representer theorem; the bias is not penalised), so W = A·X is fitted through
-    the kernel K = X·Xᵀ: N×10 unknowns per fit instead of D×10, the same solution. The fits are
-    independent convex problems; L-BFGS on their sum reaches each one's optimum.
-    """
-    s, n, d = x.shape
-    nc = len(c_grid)
-    gram = torch.bmm(x, x.transpose(1, 2))  # [S, N, N]
-    lam = torch.tensor([1.0 / (c * n) for c in c_grid], dtype=x.dtype).view(1, nc)
-    a = torch.zeros(s, nc * 10, n, dtype=x.dtype, requires_grad=True)
-    b = torch.zeros(s, nc * 10, dtype=x.dtype, requires_grad=True)
-    opt = torch.optim.LBFGS(
-        [a, b],
-        max_iter=iters,
-        line_search_fn="strong_wolfe",
-        tolerance_grad=1e-6,
-        tolerance_change=1e-9,
-        history_size=20,
-    )
-    target = y.unsqueeze(1).expand(s, nc, n).reshape(-1)
-
-    def closure():
-        opt.zero_grad()
-        ak = torch.bmm(a, gram)  # [S, C*10, N]: the training logits, and K·a for the penalty
-        logits = (ak + b.unsqueeze(2)).view(s, nc, 10, n).permute(0, 1, 3, 2)
-        ce = F.cross_entropy(logits.reshape(-1, 10), target, reduction="sum") / n
-        reg = ((a * ak).view(s, nc, -1).sum(2) * lam).sum() / 2
-        loss = ce + reg
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    w = torch.bmm(a.detach(), x).view(s, nc, 10, d)
-    return w, b.detach().view(s, nc, 10)
-
-
-def _scores(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
-    """Accuracy and mean log-likelihood of one seed's fits (``w`` [C, 10, D]) on ``x`` [M, D]."""
-    logits = torch.einsum("md,ckd->cmk", x, w) + b.unsqueeze(1)
-    acc = (logits.argmax(-1) == y).double().mean(-1)
-    ll = logits.log_softmax(-1).gather(-1, y.view(1, -1, 1).expand(len(w), -1, 1)).mean((1, 2))
-    return acc, ll
-
-
 def _probe_grid(feats, splits, n: int, cfg: FewshotBestConfig) -> dict[str, Any]:
     """Every transform × C for every seed at size ``n``: validation and test scores
     (arrays [S, len(C)])."""
@@ -154,10 +104,10 @@ def _probe_grid(feats, splits, n: int, cfg: FewshotBestConfig) -> dict[str, Any]
         w, b = fit_probes(f(pool[tr]), ytr, cfg.c_grid, cfg.lbfgs_iters)
         scores = {"val_acc": [], "val_ll": [], "test_acc": []}
         for k in range(len(seeds)):
-            acc, ll = _scores(w[k], b[k], f(pool[va[k]], k), yva[k])
+            acc, ll = probe_scores(w[k], b[k], f(pool[va[k]], k), yva[k])
             scores["val_acc"].append(acc)
             scores["val_ll"].append(ll)
-            scores["test_acc"].append(_scores(w[k], b[k], f(test_x, k), y_test)[0])
+            scores["test_acc"].append(probe_scores(w[k], b[k], f(test_x, k), y_test)[0])
         out[name] = {key: torch.stack(v) for key, v in scores.items()}
     return out
 
@@ -215,38 +165,19 @@ def run_backbone(
         seed=cfg.seed,
         progress=progress,
     )
-    x_train, y_train = load_mnist("train", data_dir)
-    x_test, y_test = load_mnist("test", data_dir)
-    if cfg.test_limit is not None:
-        x_test, y_test = x_test[: cfg.test_limit], y_test[: cfg.test_limit]
-    splits = fewshot.seed_splits(y_train, cfg)
-    model = build_model(name, weights, num_classes=10, seed=cfg.seed)
-    pool_idx = torch.unique(
-        torch.cat([torch.cat([sp["val"], *sp["sizes"].values()]) for sp in splits.values()])
-    )
-    frozen = FrozenFeatures(
-        model, model.head_path, device, resolve_precision(cfg.precision, device), cfg.image_size
-    )
     t0 = time.perf_counter()
-    x, _, _ = fewshot._inputs(cfg, name, weights, frozen, x_train, x_test, pool_idx, progress)
-    pool_feats, test_x = x[: len(pool_idx)], x[len(pool_idx) :]
-    row_of = fewshot._row_of(pool_idx, len(y_train))
-    heads = fewshot.Heads(
-        pool=fewshot.Pool(x, torch.cat([y_train[pool_idx], y_test])),
-        row_of=row_of,
-        test_rows=torch.arange(len(pool_idx), len(x)),
-        width=head_of(model).in_features,
-        prepare=fewshot._identity,
-        device=device,
-    )
+    fp = feature_pool(name, cfg, weights, device, progress, data_dir)
+    splits, heads = fp.splits, fp.heads
+    pool_feats, test_x = fp.features
+    feats = (pool_feats, heads.row_of, test_x, fp.y_train, fp.y_test)
     rows = []
     task = progress.task(f"fewshot-best: {name} search", len(cfg.sizes))
     for n in cfg.sizes:
         members, result, chosen_test = heads.train_size(
             n, splits, cfg, out / "adam", progress, name
         )
-        adam_rows = fewshot._size_rows(n, result, members, cfg, chosen_test)
-        grid = _probe_grid((pool_feats, row_of, test_x, y_train, y_test), splits, n, cfg)
+        adam_rows = size_rows(n, result, members, cfg, chosen_test)
+        grid = _probe_grid(feats, splits, n, cfg)
         for k, seed in enumerate(splits):
             a = next(r for r in adam_rows if r["seed"] == seed)
             adam = {
@@ -331,7 +262,7 @@ def run(
         if run_.finished is not None:
             return run_.finished
         out, progress, executor = run_.out, run_.progress, run_.executor
-        cells = fewshot.backbone_cells(
+        cells = backbone_cells(
             run_backbone, config, out, run_.cell_progress, data_dir, skip_missing
         )
         done = executor.run(cells, root=out)

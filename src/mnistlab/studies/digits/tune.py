@@ -32,15 +32,13 @@ from mnistlab.data import stratified_kfold
 from mnistlab.errors import CorruptFileError, MnistlabError
 from mnistlab.models.mlp import MLP, MLPConfig, StackedMLP, build_mlp
 from mnistlab.stats import mean_sd
-from mnistlab.studies.digits_common import mlp_config, test_metrics, to_flat
+from mnistlab.studies.digits.common import Context, mlp_config, test_metrics, to_flat
 from mnistlab.train.augment import Augment
 from mnistlab.train.checkpoint import save_checkpoint
 from mnistlab.train.engine import EpochInfo, Member, Pool, Schedule, train_stack
 
 if TYPE_CHECKING:
     import optuna
-
-    from mnistlab.studies.digits import Context
 
 STUDY_NAME = "digits-cv"
 BATCH_SIZES = (32, 64, 128, 256)

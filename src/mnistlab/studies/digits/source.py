@@ -1,0 +1,169 @@
+"""Part 1 on the source digits: the baseline with checkpoints, batch norm and dropout — same
+shaped MLPs trained together on one fixed validation split, each with its learning curves."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mnistlab import runs
+from mnistlab.models.mlp import MLP, MLPConfig, StackedMLP, build_mlp
+from mnistlab.studies.digits.common import Context, mlp_config, source_split, test_metrics, to_flat
+from mnistlab.train.checkpoint import save_checkpoint
+from mnistlab.train.engine import EpochInfo, Member, Pool, Schedule, StackResult, train_stack
+
+
+def fit_variants(
+    ctx: Context,
+    configs: dict[str, MLPConfig],
+    hp: dict[str, Any],
+    *,
+    description: str,
+    checkpoints: Path | None = None,
+    on_epoch: Callable[[EpochInfo], bool | None] | None = None,
+) -> StackResult:
+    """Train same-shaped MLPs (they may differ in dropout rate) together on the fixed 90/10
+    split: early stopping on validation loss, best weights restored, eval-mode metrics on
+    the training part every epoch (for learning curves and overfitting gaps)."""
+    tr, va = source_split(ctx)
+    members = [
+        Member(
+            seed=ctx.cfg.seed,
+            state=build_mlp(c, seed=ctx.cfg.seed).state_dict(),
+            train=tr,
+            lr=hp["lr"],
+            weight_decay=hp["l2"],
+            dropout=c.dropout,
+            evals={"val": va, "train_eval": tr},
+            meta={"variant": name},
+        )
+        for name, c in configs.items()
+    ]
+    shape = next(iter(configs.values()))
+    return train_stack(
+        StackedMLP(shape),
+        members,
+        Pool(ctx.source.x_train, ctx.source.y_train),
+        Schedule(
+            epochs=ctx.cfg.max_epochs,
+            batch_size=hp["batch_size"],
+            patience=ctx.cfg.patience,
+            restore_best=True,
+        ),
+        trainable={n for n, _ in MLP(shape).named_parameters()},
+        device=ctx.device,
+        prepare=to_flat,
+        checkpoint=checkpoints,
+        progress=ctx.progress,
+        description=description,
+        on_epoch=on_epoch,
+    )
+
+
+def _model(config: MLPConfig, state: dict[str, torch.Tensor]) -> MLP:
+    model = MLP(config)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def part_pretrain(ctx: Context) -> dict:
+    """The baseline MLP with the study's checkpoints: every ``checkpoint_every`` epochs, the
+    best so far and the final epoch — each a standalone model file."""
+    folder = ctx.out / "pretrain"
+    ckpts = folder / "checkpoints"
+    mcfg = mlp_config(ctx.cfg)
+    hp = {"lr": ctx.cfg.lr, "l2": ctx.cfg.l2, "batch_size": ctx.cfg.batch_size}
+
+    def export(info: EpochInfo) -> None:
+        state = info.stack.state(0)
+
+        def save(name: str, kind: str) -> None:
+            save_checkpoint(
+                ckpts / name,
+                {
+                    "config": mcfg.to_dict(),
+                    "model": state,
+                    "epoch": info.epoch,
+                    "kind": kind,
+                    "metrics": info.rows[0],
+                },
+            )
+
+        if info.improved[0]:
+            save("best.pt", "best")
+        if info.epoch % ctx.cfg.checkpoint_every == 0:
+            save(f"epoch_{info.epoch:03d}.pt", "epoch")
+        if info.last:
+            save("final.pt", "final")
+
+    res = fit_variants(
+        ctx,
+        {"baseline": mcfg},
+        hp,
+        description="digits: pretrain baseline",
+        checkpoints=ckpts / "resume.pt",
+        on_epoch=export,
+    )
+    runs.atomic_write_csv(folder / "history.csv", res.history)
+    return {
+        "hyperparameters": hp,
+        "best_epoch": res.best_epoch[0],
+        "epochs_run": res.epochs_run[0],
+        "seconds": res.seconds,
+        **test_metrics(_model(mcfg, res.states[0]), ctx.source.x_test, ctx.source.y_test),
+        "checkpoints": sorted(p.name for p in ckpts.glob("*.pt") if p.name != "resume.pt"),
+    }
+
+
+def _epochs_to(history: list[dict], target: float) -> int | None:
+    return next((int(r["epoch"]) for r in history if r["val_acc"] >= target), None)
+
+
+def variant_summary(ctx: Context, res: StackResult, k: int, config: MLPConfig) -> dict:
+    """One part-1 model: its curves, when it reached the target, its gaps, its test scores."""
+    history = res.rows(k)
+    best = history[res.best_epoch[k] - 1]
+    return {
+        "history": history,
+        "best_epoch": res.best_epoch[k],
+        "epochs_run": res.epochs_run[k],
+        "seconds": res.seconds / len(res.states),
+        "epochs_to_target": _epochs_to(history, ctx.cfg.target_val_acc),
+        "best_val_acc": max(r["val_acc"] for r in history),
+        "val_acc_at_best": best["val_acc"],
+        "val_loss_at_best": best["val_loss"],
+        "gap_acc_at_best": best["train_eval_acc"] - best["val_acc"],
+        "gap_loss_at_best": best["val_loss"] - best["train_eval_loss"],
+        **test_metrics(_model(config, res.states[k]), ctx.source.x_test, ctx.source.y_test),
+    }
+
+
+def part_batchnorm(ctx: Context) -> dict:
+    hp = ctx.result("tune")["best"]
+    folder = ctx.out / "batchnorm"
+    result: dict[str, Any] = {"hyperparameters": hp, "target_val_acc": ctx.cfg.target_val_acc}
+    for name, bn in (("plain", False), ("batchnorm", True)):
+        mcfg = mlp_config(ctx.cfg, batch_norm=bn)
+        res = fit_variants(ctx, {name: mcfg}, hp, description=f"digits: {name}")
+        runs.atomic_write_csv(folder / f"history_{name}.csv", res.history)
+        result[name] = variant_summary(ctx, res, 0, mcfg)
+    return result
+
+
+def part_dropout(ctx: Context) -> dict:
+    """Every dropout rate as one stack (same shape; each member its own rate and stream); the
+    tuned model without dropout (from the batch-norm part) is rate 0."""
+    hp = ctx.result("tune")["best"]
+    plain = ctx.result("batchnorm")["plain"]
+    configs = {f"dropout_{r}": mlp_config(ctx.cfg, dropout=r) for r in ctx.cfg.dropout_rates}
+    res = fit_variants(
+        ctx, configs, hp, description=f"digits: dropout × {len(configs)} rates together"
+    )
+    runs.atomic_write_csv(ctx.out / "dropout" / "history.csv", res.history)
+    rates = {"0.0": plain}
+    for k, (name, mcfg) in enumerate(configs.items()):
+        rates[name.removeprefix("dropout_")] = variant_summary(ctx, res, k, mcfg)
+    return {"hyperparameters": hp, "rates": rates, "stack_seconds": res.seconds}

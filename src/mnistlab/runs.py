@@ -85,10 +85,9 @@ def config_hash(config: Any, length: int = 12) -> str:
 
 
 def results_root(root: Path | str | None = None) -> Path:
-    """``--results`` beats ``MNISTLAB_RESULTS`` beats ``./results``."""
-    if root is not None:
-        return Path(root)
-    return Path(os.environ.get("MNISTLAB_RESULTS", "results"))
+    """The results root: ``root`` (the CLI passes ``--results`` or ``MNISTLAB_RESULTS``), else
+    ``./results``."""
+    return Path(root) if root is not None else Path("results")
 
 
 def run_dir(root: Path | str, study: str, config: Any) -> Path:

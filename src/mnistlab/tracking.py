@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -75,15 +74,15 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)[:250]
 
 
-def log_mlflow(study: str, folder: Path) -> str:
-    """Log one finished run folder to MLflow; returns the MLflow run id."""
+def log_mlflow(study: str, folder: Path, uri: str | None = None) -> str:
+    """Log one finished run folder to MLflow (``uri``: a tracking URI; default a SQLite store
+    beside the results); returns the MLflow run id."""
     try:
         import mlflow
         from mlflow.entities import Metric, Param
     except ImportError:
         raise MnistlabError(f"--track mlflow needs MLflow: {INSTALL}") from None
-    if "MLFLOW_TRACKING_URI" not in os.environ:
-        mlflow.set_tracking_uri(f"sqlite:///{(folder.parent.parent / 'mlflow.db').resolve()}")
+    mlflow.set_tracking_uri(uri or f"sqlite:///{(folder.parent.parent / 'mlflow.db').resolve()}")
     config = runs.read_finished(folder / "config.json")
     metrics = runs.read_finished(folder / runs.COMPLETE_MARKER)
     client = mlflow.MlflowClient()

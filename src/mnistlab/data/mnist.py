@@ -10,9 +10,9 @@ tampered copy is refused rather than silently trained on.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
-import os
 import subprocess
 import sys
 import tempfile
@@ -122,10 +122,22 @@ def _find_in_dir(directory: Path, basename: str) -> Path | None:
 
 
 def _load_dir(directory: Path, what: str) -> dict[tuple[str, str], np.ndarray] | None:
-    """All four arrays from ``directory``, or None if any file is absent; verified."""
+    """All four arrays from ``directory``, or None if any file is absent; verified.
+
+    Remembered under the files' identity (path, inode, size, modification time): a study reads MNIST
+    several times without re-verifying 55 MB, and a changed or replaced file is a new key, so
+    nothing ever needs clearing."""
     paths = {key: _find_in_dir(directory, base) for key, base in FILES.items()}
     if not all(paths.values()):
         return None
+    stats = {p: p.stat() for p in paths.values()}
+    identity = tuple((str(p), st.st_ino, st.st_size, st.st_mtime_ns) for p, st in stats.items())
+    return _read_verified(identity, what)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_verified(identity: tuple, what: str) -> dict[tuple[str, str], np.ndarray]:
+    paths = dict(zip(FILES, (Path(entry[0]) for entry in identity), strict=True))
     arrays = {}
     for key, path in paths.items():
         assert path is not None
@@ -219,14 +231,8 @@ def _write_cache(arrays: dict[tuple[str, str], np.ndarray]) -> None:
 
 # ----------------------------------------------------------------------------- public API
 
-_MEMO: dict[tuple[str, str], tuple[MnistInfo, dict[tuple[str, str], np.ndarray]]] = {}
-
 
 def _resolve(data_dir: Path | str | None):
-    data_dir = data_dir if data_dir is not None else os.environ.get("MNISTLAB_DATA") or None
-    memo_key = (str(data_dir), str(mnist_cache_dir()))
-    if memo_key in _MEMO:
-        return _MEMO[memo_key]
     digests = {f"{s}-{k}": DIGESTS[(s, k)] for s, k in FILES}
     result = None
     if data_dir is not None:
@@ -250,7 +256,6 @@ def _resolve(data_dir: Path | str | None):
             result = (MnistInfo("cache", str(mnist_cache_dir()), digests), arrays)
     if result is None:
         result = _download(digests)
-    _MEMO[memo_key] = result
     return result
 
 
@@ -294,10 +299,4 @@ def fetch(force: bool = False) -> MnistInfo:
     if force:
         for base in FILES.values():
             (mnist_cache_dir() / base).unlink(missing_ok=True)
-        _MEMO.clear()
     return _resolve(None)[0]
-
-
-def clear_memo() -> None:
-    """Forget loaded arrays (tests change MNISTLAB_CACHE between cases)."""
-    _MEMO.clear()

@@ -30,6 +30,7 @@ from mnistlab.stats import mean_ci, pack_correct
 from mnistlab.studies.opening import open_study
 from mnistlab.train.checkpoint import load_checkpoint, save_checkpoint
 from mnistlab.train.engine import Member, Pool, Schedule, StackResult, train_stack
+from mnistlab.train.evaluate import predict, solo
 from mnistlab.train.optim import OPTIMIZERS
 
 STUDY = "stn"
@@ -133,18 +134,14 @@ def deformation_stats(parts: dict[str, torch.Tensor]) -> dict[str, dict[str, flo
     return out
 
 
-@torch.inference_mode()
 def thetas_and_outputs(
     model: STNNet, images: torch.Tensor, device: torch.device, batch: int = 2048
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """θ for every image, and the STN's warped images as uint8 (for figures)."""
-    model.eval()
-    thetas, outs = [], []
-    for i in range(0, len(images), batch):
-        warped, theta = model.transform(to_input(images[i : i + batch], device))
-        thetas.append(theta.cpu())
-        outs.append((warped.squeeze(1).clamp(0, 1) * 255).round().to(torch.uint8).cpu())
-    return torch.cat(thetas), torch.cat(outs)
+    warped, thetas = predict(
+        model, images, lambda x: to_input(x, device), batch=batch, call=model.transform
+    )
+    return thetas, (warped.squeeze(1).clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 # ------------------------------------------------------------------------------ training
@@ -206,17 +203,12 @@ def train_seeds(
 
 
 def trained_model(result: StackResult, k: int, use_stn: bool, device: torch.device) -> STNNet:
-    model = STNNet(use_stn)
-    model.load_state_dict(result.states[k])
-    return model.to(device).eval()
+    return solo(STNNet(use_stn), result.states[k]).to(device)
 
 
-@torch.inference_mode()
 def correct_on(model: STNNet, images: torch.Tensor, labels: torch.Tensor, device) -> str:
     """Which test images ``model`` classifies correctly, packed (for McNemar in the report)."""
-    preds = torch.cat(
-        [model(to_input(part, device)).argmax(1).cpu() for part in images.split(2048)]
-    )
+    preds = predict(model, images, lambda x: to_input(x, device), batch=2048).argmax(1)
     return pack_correct((preds == labels).numpy())
 
 

@@ -101,6 +101,10 @@ class Pool:
     kind: torch.Tensor | None = None  # a group id per item: accuracy is also given per group
     kind_names: tuple[str, ...] = ()
 
+    def to(self, device: torch.device) -> Pool:
+        kind = None if self.kind is None else self.kind.to(device)
+        return Pool(self.x.to(device), self.y.to(device), kind, self.kind_names)
+
 
 @dataclass
 class StackResult:
@@ -255,18 +259,14 @@ class Stack:
         torch.cat([g.reshape(len(self), -1) for g in grads], 1, out=self.optimizer.grad)
 
 
-class _Trainer:
-    """One call of :func:`train_stack` (kept as an object so each phase is a short method)."""
+class _Evaluator:
+    """The evaluation sets of one stack, gathered once, and how they are scored each epoch."""
 
     def __init__(
-        self, stack: Stack, pool: Pool, prepare: Prepare, evals: dict[str, _EvalSet], eval_rows: int
+        self, stack: Stack, pool: Pool, prepare: Prepare, evals: dict[str, _EvalSet], rows: int
     ):
         self.s, self.pool, self.prepare = stack, pool, prepare
-        dev = stack.device
-        self.train_idx, self.counts = _pad([m.train.long() for m in stack.members], dev)
-        self.counts_t = torch.tensor(self.counts, device=dev)
-        self.evals = evals
-        self.eval_rows = eval_rows
+        self.evals, self.eval_rows = evals, rows
         # which members each set scores: None = all (per-member sets always score everyone)
         self.shared_sets = {name for name, ev in evals.items() if ev.shared}
         self.scored: dict[str, torch.Tensor | None] = {}
@@ -274,84 +274,6 @@ class _Trainer:
             picks = [i for i, m in enumerate(stack.members) if m.shared is None or name in m.shared]
             everyone = not ev.shared or len(picks) == len(stack.members)
             self.scored[name] = None if everyone else torch.tensor(picks, device=stack.device)
-        k = len(stack)
-        self.alive = [True] * k
-        self.history: list[dict[str, Any]] = []
-        self.best_value = [-math.inf if stack.schedule.maximize else math.inf] * k
-        self.best_epoch = [0] * k
-        self.epochs_run = [0] * k
-        self.best = (
-            {n: t.detach().clone() for n, t in stack.tensors.items()}
-            if stack.schedule.restore_best
-            else None
-        )
-        self.seconds = 0.0
-        self.stopped = False
-        self.group = _batch_group(stack)
-
-    # ------------------------------------------------------------------------ one epoch
-    def epoch(self, task: Task) -> torch.Tensor:
-        """Train every live member for one epoch; return [K, 2] (summed loss, correct)."""
-        s, sch, dev = self.s, self.s.schedule, self.s.device
-        k, g = len(s), self.group
-        order = torch.zeros_like(self.train_idx)
-        for i in range(0, k, g):  # one order per run of G members (they would draw the same)
-            if self.alive[i]:
-                perm = torch.randperm(self.counts[i], generator=s.order_gens[i]).to(dev)
-                order[i, : self.counts[i]] = self.train_idx[i, perm]
-        live = [c if a else 0 for c, a in zip(self.counts, self.alive, strict=True)]
-        live_t = self.counts_t * torch.tensor(self.alive, device=dev)
-        totals = torch.zeros(k, 2, device=dev)
-        bs = sch.batch_size
-        default = getattr(s.arch, "dropout", 0.0)
-        rates = [default if m.dropout is None else m.dropout for m in s.members]
-        drops = any(r > 0 for r in rates)
-        closed_form = hasattr(s.arch, "loss_and_grads") and not drops
-        augmenting = any(s.augments)
-        leaders = order[::g]
-        # Gather a block of steps at once (about 16M elements): each step's batch is then a
-        # view, not a small gather of its own.
-        per_step = leaders.shape[0] * bs * max(1, self.pool.x[0].numel())
-        block = bs * max(1, (1 << 24) // per_step)
-        for lo in range(0, max(live), bs):
-            if lo % block == 0:
-                xs = gather(self.pool.x, leaders[:, lo : lo + block])
-                ys = gather(self.pool.y, leaders[:, lo : lo + block])
-            rows = [max(0, min(bs, n - lo)) for n in live]
-            b, full = max(rows), min(rows) == max(rows)
-            at = lo % block
-            raw, y = xs[:, at : at + b], ys[:, at : at + b]
-            if augmenting:
-                raw = augment_batch(raw, s.augments, s.augment_gens, rows)
-            x = self.prepare(raw)
-            if g > 1:
-                y = y.repeat_interleave(g, 0)
-            n_t = (live_t - lo).clamp(0, bs)
-            w = None if full else (torch.arange(b, device=dev) < n_t.unsqueeze(1)).float()
-            active = n_t > 0
-            noise = Noise(s.noise_gens, rows, b, rates, dev) if drops else None
-            step = Step(True, noise, w, active, g)
-            if closed_form:
-                per_row = (w if w is not None else torch.ones(k, b, device=dev)) / n_t.clamp_min(
-                    1
-                ).unsqueeze(1)
-                ce, logits, grads = s.arch.loss_and_grads(s.tensors, x, y, per_row, step)
-                if w is not None:
-                    ce = ce * w
-                s.write_grad([grads[n] for n in s.params])
-            else:
-                logits = s.forward(x, step)
-                ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-                ce = ce.view(k, b) if w is None else ce.view(k, b) * w
-                loss = (ce.sum(1) / n_t.clamp_min(1)).sum()
-                s.write_grad(torch.autograd.grad(loss, list(s.params.values())))
-            s.optimizer.step(active, tuple(i for i, n in enumerate(rows) if n > 0))
-            hit = (logits.detach().argmax(2) == y).float()
-            if w is not None:
-                hit = hit * w
-            totals += torch.stack([ce.detach().sum(1), hit.sum(1)], 1)
-            task.advance(1)
-        return totals
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, torch.Tensor]:
@@ -406,6 +328,98 @@ class _Trainer:
             return arch.forward_shared(p, self.prepare(x), Step(False))
         return arch.forward(p, self.prepare(x.unsqueeze(0).expand(k, *x.shape)), Step(False))
 
+
+class _Trainer:
+    """One call of :func:`train_stack` (kept as an object so each phase is a short method)."""
+
+    def __init__(
+        self, stack: Stack, pool: Pool, prepare: Prepare, evals: dict[str, _EvalSet], eval_rows: int
+    ):
+        self.s, self.pool, self.prepare = stack, pool, prepare
+        dev = stack.device
+        self.train_idx, self.counts = _pad([m.train.long() for m in stack.members], dev)
+        self.counts_t = torch.tensor(self.counts, device=dev)
+        self.evaluator = _Evaluator(stack, pool, prepare, evals, eval_rows)
+        k = len(stack)
+        self.alive = [True] * k
+        self.history: list[dict[str, Any]] = []
+        self.best_value = [-math.inf if stack.schedule.maximize else math.inf] * k
+        self.best_epoch = [0] * k
+        self.epochs_run = [0] * k
+        self.best = (
+            {n: t.detach().clone() for n, t in stack.tensors.items()}
+            if stack.schedule.restore_best
+            else None
+        )
+        self.seconds = 0.0
+        self.stopped = False
+        self.group = _batch_group(stack)
+
+    # ------------------------------------------------------------------------ one epoch
+    def epoch(self, task: Task) -> torch.Tensor:
+        """Train every live member for one epoch; return [K, 2] (summed loss, correct)."""
+        s, bs, g = self.s, self.s.schedule.batch_size, self.group
+        order = torch.zeros_like(self.train_idx)
+        for i in range(0, len(s), g):  # one order per run of G members (they would draw the same)
+            if self.alive[i]:
+                perm = torch.randperm(self.counts[i], generator=s.order_gens[i]).to(s.device)
+                order[i, : self.counts[i]] = self.train_idx[i, perm]
+        live = [c if a else 0 for c, a in zip(self.counts, self.alive, strict=True)]
+        live_t = self.counts_t * torch.tensor(self.alive, device=s.device)
+        totals = torch.zeros(len(s), 2, device=s.device)
+        default = getattr(s.arch, "dropout", 0.0)
+        rates = [default if m.dropout is None else m.dropout for m in s.members]
+        leaders = order[::g]
+        # Gather a block of steps at once (about 16M elements): each step's batch is then a
+        # view, not a small gather of its own.
+        per_step = leaders.shape[0] * bs * max(1, self.pool.x[0].numel())
+        block = bs * max(1, (1 << 24) // per_step)
+        for lo in range(0, max(live), bs):
+            if lo % block == 0:
+                xs = gather(self.pool.x, leaders[:, lo : lo + block])
+                ys = gather(self.pool.y, leaders[:, lo : lo + block])
+            rows = [max(0, min(bs, n - lo)) for n in live]
+            at, b = lo % block, max(rows)
+            n_t = (live_t - lo).clamp(0, bs)
+            totals += self._step(xs[:, at : at + b], ys[:, at : at + b], rows, n_t, rates)
+            task.advance(1)
+        return totals
+
+    def _step(
+        self, raw: torch.Tensor, y: torch.Tensor, rows: list[int], n_t: torch.Tensor, rates
+    ) -> torch.Tensor:
+        """One optimiser step of every member with rows left; returns [K, 2] (loss, correct)."""
+        s, dev, g = self.s, self.s.device, self.group
+        k, b = len(s), max(rows)
+        drops = any(r > 0 for r in rates)
+        if any(s.augments):
+            raw = augment_batch(raw, s.augments, s.augment_gens, rows)
+        x = self.prepare(raw)
+        if g > 1:
+            y = y.repeat_interleave(g, 0)
+        w = None if min(rows) == b else (torch.arange(b, device=dev) < n_t.unsqueeze(1)).float()
+        active = n_t > 0
+        noise = Noise(s.noise_gens, rows, b, rates, dev) if drops else None
+        step = Step(True, noise, w, active, g)
+        if hasattr(s.arch, "loss_and_grads") and not drops:  # closed-form gradients
+            ones = w if w is not None else torch.ones(k, b, device=dev)
+            per_row = ones / n_t.clamp_min(1).unsqueeze(1)
+            ce, logits, grads = s.arch.loss_and_grads(s.tensors, x, y, per_row, step)
+            if w is not None:
+                ce = ce * w
+            s.write_grad([grads[n] for n in s.params])
+        else:
+            logits = s.forward(x, step)
+            ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+            ce = ce.view(k, b) if w is None else ce.view(k, b) * w
+            loss = (ce.sum(1) / n_t.clamp_min(1)).sum()
+            s.write_grad(torch.autograd.grad(loss, list(s.params.values())))
+        s.optimizer.step(active, tuple(i for i, n in enumerate(rows) if n > 0))
+        hit = (logits.detach().argmax(2) == y).float()
+        if w is not None:
+            hit = hit * w
+        return torch.stack([ce.detach().sum(1), hit.sum(1)], 1)
+
     # ------------------------------------------------------------------------ bookkeeping
     def record(self, epoch: int, totals: torch.Tensor, evals: dict, seconds: float) -> None:
         """One sync per epoch: metrics to the host, history rows, early stopping."""
@@ -428,7 +442,7 @@ class _Trainer:
             row["train_loss"] = tr[2 * i] / self.counts[i]
             row["train_acc"] = tr[2 * i + 1] / self.counts[i]
             for n in names:
-                if m.shared is not None and n in self.shared_sets and n not in m.shared:
+                if m.shared is not None and n in self.evaluator.shared_sets and n not in m.shared:
                     continue  # this member is not scored on that shared set
                 v = per_set[n][i]
                 size = max(v[2 + nk], 1.0)
@@ -566,12 +580,7 @@ def train_stack(
         on_epoch: called after each recorded epoch; returning True stops the stack.
     """
     progress = progress or default_progress()
-    pool = Pool(
-        pool.x.to(device),
-        pool.y.to(device),
-        None if pool.kind is None else pool.kind.to(device),
-        pool.kind_names,
-    )
+    pool = pool.to(device)
     evals = _eval_sets(members, pool, shared_evals or {}, device)
 
     def fresh() -> _Trainer:
@@ -587,18 +596,7 @@ def train_stack(
     for epoch in range(start, schedule.epochs + 1):
         if t.stopped or not any(t.alive):
             break
-        t0 = time.perf_counter()
-        t.s.optimizer.lr_factor = schedule.lr_factor(epoch)
-        totals = t.epoch(task)
-        ev = t.evaluate()
-        t.seconds += time.perf_counter() - t0
-        t.record(epoch, totals, ev, t.seconds)
-        last = epoch == schedule.epochs or not any(t.alive)
-        if on_epoch is not None:
-            rows = [r for r in t.history if r["epoch"] == epoch]
-            info = EpochInfo(epoch, rows, list(t.best_epoch), list(t.improved), t.s, last)
-            if on_epoch(info):
-                t.stopped = last = True
+        last = _epoch(t, epoch, task, on_epoch)
         if checkpoint is not None and (last or epoch % schedule.checkpoint_every == 0):
             save_checkpoint(checkpoint, t.snapshot(epoch, print_))
         task.advance(0, epoch=epoch, **_progress_fields(t.history, epoch))
@@ -612,6 +610,24 @@ def train_stack(
         seconds=t.seconds,
         stopped=t.stopped,
     )
+
+
+def _epoch(t: _Trainer, epoch: int, task: Task, on_epoch: OnEpoch | None) -> bool:
+    """Train, score and record one epoch; True when it is the stack's last."""
+    schedule = t.s.schedule
+    t0 = time.perf_counter()
+    t.s.optimizer.lr_factor = schedule.lr_factor(epoch)
+    totals = t.epoch(task)
+    ev = t.evaluator.evaluate()
+    t.seconds += time.perf_counter() - t0
+    t.record(epoch, totals, ev, t.seconds)
+    last = epoch == schedule.epochs or not any(t.alive)
+    if on_epoch is not None:
+        rows = [r for r in t.history if r["epoch"] == epoch]
+        info = EpochInfo(epoch, rows, list(t.best_epoch), list(t.improved), t.s, last)
+        if on_epoch(info):
+            t.stopped = last = True
+    return last
 
 
 def _resume(

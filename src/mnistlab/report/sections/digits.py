@@ -339,19 +339,43 @@ def digits_best(folder: Path | None, baseline: Path | None = None) -> Section:
     sec, m, cfg = opening("digits-best", folder)
     if m is None:
         return sec
-    targets = published()["targets"]
+    _best_source(sec, m, cfg, baseline)
+    rows = [_best_transfer_row(v, r, baseline) for v, r in m["transfer"].items()]
+    sec.tables.append(
+        Table(
+            [
+                "variant",
+                "as specified",
+                "best protocol",
+                "difference",
+                "chosen on validation",
+                "ablation (points lost)",
+                "target",
+            ],
+            rows,
+            f"transfer to {cfg['target_digits']} with {cfg['per_digit']} images per digit: test "
+            "accuracy, mean ± 95 % CI over the same seeds and draws",
+        )
+    )
+    return sec
+
+
+def _best_source(sec: Section, m: dict, cfg: dict, baseline: Path | None) -> None:
+    """The searched source recipe, against the as-specified tuned model, and its ablation."""
     found, src = m["search"], m["source"]
     best = src["best"]
-    p = found["params"]
+    goal = published()["targets"]["digits_source_test_precision"]
     sec.paragraphs.append(
         f"Source digits {cfg['source_digits']}: a {cfg['folds']}-fold cross-validated Optuna "
         f"search ({found['n_trials']} trials, {found['n_pruned']} pruned) over lr, L2, batch "
         "size, batch norm, dropout, lr schedule and augmentation chose: "
-        + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in p.items())
+        + ", ".join(
+            f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in found["params"].items()
+        )
         + f" (CV accuracy {pct(found['cv_acc'])}); retrained on all source images for "
         f"{found['epochs']} epochs: test precision {pct(best['test_precision'])}, accuracy "
-        f"{pct(best['test_acc'])} — target "
-        f"{target(100 * best['test_precision'], targets['digits_source_test_precision'])}."
+        f"{pct(best['test_acc'])} — target {target(100 * best['test_precision'], goal)}."
     )
     if baseline is not None and (baseline / "tune" / "result.json").is_file():
         tuned = runs.read_json(baseline / "tune" / "result.json")
@@ -378,49 +402,32 @@ def digits_best(folder: Path | None, baseline: Path | None = None) -> Section:
                 "ablation of the searched source recipe (one retrain each)",
             )
         )
-    rows = []
-    for v, r in m["transfer"].items():
-        spec_acc, c = None, None
-        if baseline is not None and (baseline / "transfer" / f"{v}.json").is_file():
-            spec = runs.read_json(baseline / "transfer" / f"{v}.json")
-            spec_acc = [s["test_acc"] for s in spec["seeds"]]
-            # The seed fixes the 100-per-digit draw, so runs pair by seed — only seeds both ran.
-            spec_by_seed = {s["seed"]: s["test_acc"] for s in spec["seeds"]}
-            best_by_seed = dict(zip(r["seeds"], r["per_seed_test_acc"], strict=True))
-            common = sorted(set(spec_by_seed) & set(best_by_seed))
-            if common:
-                c = paired([best_by_seed[s] for s in common], [spec_by_seed[s] for s in common])
-        recipe = r["chosen"]
-        chosen = (
-            f"{recipe['source']} source, lr {recipe['lr'] * recipe['factor']:g}, L2 "
-            f"{recipe['l2']:g}, augmentation {recipe['augment']}"
-        )
-        ablation = "; ".join(f"{k}: {100 * d:+.2f}" for k, d in r["ablation"].items()) or "—"
-        rows.append(
-            [
-                v,
-                pm(mean_ci(spec_acc)) if spec_acc else "—",
-                pm(r["test_acc"]),
-                signed(c) if c else "—",
-                chosen,
-                ablation,
-                target(100 * r["test_acc"][0], targets["transfer_test_acc"].get(v)),
-            ]
-        )
-    sec.tables.append(
-        Table(
-            [
-                "variant",
-                "as specified",
-                "best protocol",
-                "difference",
-                "chosen on validation",
-                "ablation (points lost)",
-                "target",
-            ],
-            rows,
-            f"transfer to {cfg['target_digits']} with {cfg['per_digit']} images per digit: test "
-            "accuracy, mean ± 95 % CI over the same seeds and draws",
-        )
+
+
+def _best_transfer_row(v: str, r: dict, baseline: Path | None) -> list[str]:
+    """One transfer variant: as specified vs best, paired by seed (the seed fixes the draw,
+    so only seeds both protocols ran are paired)."""
+    spec_acc, c = None, None
+    if baseline is not None and (baseline / "transfer" / f"{v}.json").is_file():
+        spec = runs.read_json(baseline / "transfer" / f"{v}.json")
+        spec_acc = [s["test_acc"] for s in spec["seeds"]]
+        spec_by_seed = {s["seed"]: s["test_acc"] for s in spec["seeds"]}
+        best_by_seed = dict(zip(r["seeds"], r["per_seed_test_acc"], strict=True))
+        common = sorted(set(spec_by_seed) & set(best_by_seed))
+        if common:
+            c = paired([best_by_seed[s] for s in common], [spec_by_seed[s] for s in common])
+    recipe = r["chosen"]
+    chosen = (
+        f"{recipe['source']} source, lr {recipe['lr'] * recipe['factor']:g}, L2 "
+        f"{recipe['l2']:g}, augmentation {recipe['augment']}"
     )
-    return sec
+    goal = published()["targets"]["transfer_test_acc"].get(v)
+    return [
+        v,
+        pm(mean_ci(spec_acc)) if spec_acc else "—",
+        pm(r["test_acc"]),
+        signed(c) if c else "—",
+        chosen,
+        "; ".join(f"{k}: {100 * d:+.2f}" for k, d in r["ablation"].items()) or "—",
+        target(100 * r["test_acc"][0], goal),
+    ]

@@ -28,7 +28,6 @@ from mnistlab.data import parse_digits
 from mnistlab.errors import MnistlabError
 from mnistlab.executors import Cell
 from mnistlab.models.mlp import MLP, MLPConfig, StackedMLP
-from mnistlab.models.state import load_state_strict
 from mnistlab.progress import Progress
 from mnistlab.progress import default as default_progress
 from mnistlab.stats import mean_ci
@@ -44,6 +43,7 @@ from mnistlab.studies.digits.transfer import Reused, frozen_trunk, transfer_spli
 from mnistlab.studies.opening import open_study
 from mnistlab.train.checkpoint import load_checkpoint, save_checkpoint
 from mnistlab.train.engine import Member, Pool, Schedule, train_stack
+from mnistlab.train.evaluate import solo
 
 STUDY = "digits-best"
 DEFAULTS = {"batch_norm": False, "dropout": 0.0, "schedule": "constant", "augment": "none"}
@@ -89,20 +89,18 @@ def search(ctx: Context) -> dict:
     cfg = ctx.cfg
     folder = ctx.out / "search"
     folder.mkdir(parents=True, exist_ok=True)
-    url = tune.storage_url(folder, None)  # its own database beside the results
-    study = tune.open_study(url, cfg)
-    tune.repair(study)
+    tuning = tune.open_tuning(tune.storage_url(folder, None))  # its own database
+    tune.repair(tuning.study)
     tune.optimise(
         ctx,
-        study,
-        url,
+        tuning,
         budget=cfg.best_trials,
         space=wide_space,
         label="digits-best: wider search (Optuna TPE, K folds together)",
         max_epochs=cfg.best_max_epochs,
         patience=cfg.best_patience,
     )
-    trials = tune.verified_trials(study, cfg.folds, tune.where(url))
+    trials = tune.verified_trials(tuning.study, cfg.folds, tune.describe_url(tuning.url))
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     if not complete:
         raise MnistlabError("the search finished no trial; raise --trials")
@@ -154,9 +152,7 @@ def source_models(ctx: Context, found: dict) -> dict:
 
 def _load_source(ctx: Context, name: str) -> MLP:
     saved = load_checkpoint(ctx.out / "source" / f"{name}.pt")
-    model = MLP(MLPConfig.from_dict(saved["config"]))
-    load_state_strict(model, saved["model"], name)
-    return model.eval()
+    return solo(MLP(MLPConfig.from_dict(saved["config"])), saved["model"], name)
 
 
 # ------------------------------------------------------------------------------ transfer
@@ -237,7 +233,7 @@ def _score_recipes(recipes, members, res, target, n_layers, source) -> list[dict
             k = k_of[(i, seed)]
             val.append(res.rows(k)[res.best_epoch[k] - 1]["val_acc"])
             model = Reused(source, n_layers, len(set(target.y_test.tolist())), seed)
-            model.load_state_dict(res.states[k])
+            solo(model, res.states[k], "transfer member")
             test.append(test_metrics(model, target.x_test, target.y_test)["test_acc"])
             states.append(res.states[k])
         out.append(

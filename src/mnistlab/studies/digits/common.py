@@ -22,10 +22,10 @@ from mnistlab.data import (
 )
 from mnistlab.errors import MnistlabError
 from mnistlab.models.mlp import MLP, MLPConfig
-from mnistlab.models.state import load_state_strict
 from mnistlab.progress import Progress
 from mnistlab.stats import pack_correct
 from mnistlab.train.checkpoint import load_checkpoint
+from mnistlab.train.evaluate import predict, solo
 
 STUDY = "digits"
 VARIANTS = ("scratch", "frozen5", "cached5", "reuse4", "unfreeze2")
@@ -167,11 +167,9 @@ def macro_precision(y_true: torch.Tensor, y_pred: torch.Tensor) -> float:
     return float(precision_score(y_true.numpy(), y_pred.numpy(), average="macro", zero_division=0))
 
 
-@torch.inference_mode()
 def test_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     """Accuracy, macro precision and loss of a solo model (eval mode) on uint8 images."""
-    model.eval()
-    logits = torch.cat([model(to_flat(part)) for part in x.split(4096)])
+    logits = predict(model, x, to_flat)
     preds = logits.argmax(1)
     return {
         "test_correct": pack_correct((preds == y).numpy()),
@@ -193,8 +191,7 @@ def load_model(path: Path | str, expect: MLPConfig | None = None) -> MLP:
         raise MnistlabError(f"{path} is a checkpoint of another architecture") from None
     if expect is not None and config != expect:
         raise MnistlabError(f"{path} holds a {config} model, expected {expect}")
-    model = MLP(config)
-    load_state_strict(model, state["model"], str(path))
+    model = solo(MLP(config), state["model"], str(path))
     return model.eval()
 
 

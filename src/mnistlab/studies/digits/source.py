@@ -7,13 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from mnistlab import runs
 from mnistlab.models.mlp import MLP, MLPConfig, StackedMLP, build_mlp
 from mnistlab.studies.digits.common import Context, mlp_config, source_split, test_metrics, to_flat
 from mnistlab.train.checkpoint import save_checkpoint
 from mnistlab.train.engine import EpochInfo, Member, Pool, Schedule, StackResult, train_stack
+from mnistlab.train.evaluate import solo
 
 
 def fit_variants(
@@ -63,12 +62,6 @@ def fit_variants(
     )
 
 
-def _model(config: MLPConfig, state: dict[str, torch.Tensor]) -> MLP:
-    model = MLP(config)
-    model.load_state_dict(state)
-    return model.eval()
-
-
 def part_pretrain(ctx: Context) -> dict:
     """The baseline MLP with the study's checkpoints: every ``checkpoint_every`` epochs, the
     best so far and the final epoch — each a standalone model file."""
@@ -113,7 +106,7 @@ def part_pretrain(ctx: Context) -> dict:
         "best_epoch": res.best_epoch[0],
         "epochs_run": res.epochs_run[0],
         "seconds": res.seconds,
-        **test_metrics(_model(mcfg, res.states[0]), ctx.source.x_test, ctx.source.y_test),
+        **test_metrics(solo(MLP(mcfg), res.states[0]), ctx.source.x_test, ctx.source.y_test),
         "checkpoints": sorted(p.name for p in ckpts.glob("*.pt") if p.name != "resume.pt"),
     }
 
@@ -137,7 +130,7 @@ def variant_summary(ctx: Context, res: StackResult, k: int, config: MLPConfig) -
         "val_loss_at_best": best["val_loss"],
         "gap_acc_at_best": best["train_eval_acc"] - best["val_acc"],
         "gap_loss_at_best": best["val_loss"] - best["train_eval_loss"],
-        **test_metrics(_model(config, res.states[k]), ctx.source.x_test, ctx.source.y_test),
+        **test_metrics(solo(MLP(config), res.states[k]), ctx.source.x_test, ctx.source.y_test),
     }
 
 

@@ -36,6 +36,7 @@ from mnistlab.studies.digits.common import (
 )
 from mnistlab.train.checkpoint import load_checkpoint, save_checkpoint
 from mnistlab.train.engine import Member, Pool, Schedule, StackResult, train_stack
+from mnistlab.train.evaluate import solo
 
 
 class Reused(nn.Module):
@@ -238,7 +239,7 @@ def _score(variant, ctx, res: StackResult, models, target, seconds: float) -> li
     epoch, and the model saved for the variants that build on it."""
     out = []
     for k, (seed, model) in enumerate(models.items()):
-        model.load_state_dict(res.states[k])
+        solo(model, res.states[k], variant)
         save_checkpoint(
             ctx.out / "transfer" / "models" / f"{variant}_seed{seed}.pt",
             {"model": res.states[k], "variant": variant, "seed": seed},

@@ -20,8 +20,9 @@ import contextlib
 import hashlib
 import json
 import math
+import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,7 @@ from mnistlab.studies.digits.common import Context, mlp_config, test_metrics, to
 from mnistlab.train.augment import Augment
 from mnistlab.train.checkpoint import save_checkpoint
 from mnistlab.train.engine import EpochInfo, Member, Pool, Schedule, train_stack
+from mnistlab.train.evaluate import solo
 
 if TYPE_CHECKING:
     import optuna
@@ -73,7 +75,7 @@ def storage_url(folder: Path, url: str | None) -> str:
     return url or f"sqlite:///{(folder / 'optuna.db').resolve()}"
 
 
-def where(url: str) -> str:
+def describe_url(url: str) -> str:
     """A storage URL for messages: the file of SQLite, the URL without its password."""
     if url.startswith("sqlite:///"):
         return url.removeprefix("sqlite:///")
@@ -84,7 +86,7 @@ def where(url: str) -> str:
 
 def _db_error(url: str, exc: Exception) -> MnistlabError:
     return MnistlabError(
-        f"tuning database {where(url)} cannot be used ({type(exc).__name__}: "
+        f"tuning database {describe_url(url)} cannot be used ({type(exc).__name__}: "
         f"{str(exc).splitlines()[0][:120]}); delete it or re-run with --force to start the tuning "
         "again"
     )
@@ -94,7 +96,17 @@ HEARTBEAT = 5  # seconds between a shared-database trial's heartbeats
 STALE = 4 * HEARTBEAT  # a RUNNING trial silent this long is failed and re-queued
 
 
-def open_study(url: str, cfg, *, shared: bool = False) -> optuna.Study:
+@dataclass
+class Tuning:
+    """An Optuna study, where it is stored, and whether other processes share it."""
+
+    study: optuna.Study
+    url: str
+    shared: bool = False
+    storage: Any = None  # the RDBStorage of a shared study (its heartbeats are recorded here)
+
+
+def open_tuning(url: str, *, shared: bool = False) -> Tuning:
     """The tuning study, created or loaded. ``shared``: several processes use this database
     (a ``--storage`` URL): trials carry heartbeats, a silent one is failed and its parameters
     re-queued by whoever notices, and concurrent creation is retried instead of failing."""
@@ -104,7 +116,7 @@ def open_study(url: str, cfg, *, shared: bool = False) -> optuna.Study:
     last: Exception | None = None
     for attempt in range(20):
         try:
-            storage: Any = url
+            storage = None
             if shared:
                 storage = optuna.storages.RDBStorage(
                     url,
@@ -114,13 +126,14 @@ def open_study(url: str, cfg, *, shared: bool = False) -> optuna.Study:
                         max_retry=3
                     ),
                 )
-            return optuna.create_study(
+            study = optuna.create_study(
                 study_name=STUDY_NAME,
-                storage=storage,
+                storage=storage or url,
                 direction="maximize",
                 load_if_exists=True,
                 pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2),
             )
+            return Tuning(study, url, shared, storage)
         except Exception as exc:  # damaged file, foreign database, or a creation race
             last = exc
             if not shared:
@@ -152,7 +165,7 @@ def repair(study: optuna.Study) -> int:
     queued = 0
     for t in trials:
         if t.state == TrialState.RUNNING:
-            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            study.tell(t.number, state=TrialState.FAIL)  # its process is gone
         elif t.state != TrialState.FAIL or t.user_attrs.get("over_budget"):
             continue
         if t.number not in retried and t.params:
@@ -272,81 +285,115 @@ def run_trial(
 
 def optimise(
     ctx: Context,
-    study: optuna.Study,
-    url: str,
+    tuning: Tuning,
     *,
     budget: int,
     space=suggest,
     label: str = "digits: tune (Optuna TPE, K folds together)",
-    shared: bool = False,
     **trial_kwargs: Any,
 ) -> None:
-    """Run trials until ``budget`` have finished (COMPLETE or PRUNED). ``shared``: other
-    processes work on the same study — a trial is claimed, then kept only if fewer than
-    ``budget`` trials were claimed before it (by trial number, so every process agrees), and
-    a process with nothing left to claim waits for the others to finish."""
-    import optuna
+    """Run trials until ``budget`` have finished (COMPLETE or PRUNED); see :func:`_next_trial`
+    for how processes sharing the study keep to the budget together."""
     from optuna.trial import TrialState
 
-    task = ctx.progress.task(label, budget)
-    shown = 0
+    study, task, shown = tuning.study, ctx.progress.task(label, budget), 0
     try:
         while True:
-            if shared:
-                optuna.storages.fail_stale_trials(study)  # a killed worker's trial re-queued
-            trials = study.get_trials(deepcopy=False)
-            finished = [t for t in trials if t.state.name in FINISHED]
+            finished = [t for t in study.get_trials(deepcopy=False) if t.state.name in FINISHED]
             task.advance(len(finished) - shown)
             shown = len(finished)
             if len(finished) >= budget:
                 break
-            if shared and _claimed(trials) >= budget:
-                time.sleep(1.0)  # the rest of the budget is running elsewhere
+            trial = _next_trial(tuning, budget, ctx.cfg.seed, len(finished))
+            if trial is None:
                 continue
-            seed = trial_seed(ctx.cfg.seed, len(finished))
-            study.sampler = optuna.samplers.TPESampler(seed=seed)
-            trial = study.ask()
-            if shared:
-                if _claimed(study.get_trials(deepcopy=False), trial.number) >= budget:
-                    trial.set_user_attr("over_budget", True)
-                    study.tell(trial, state=TrialState.FAIL)
-                    continue
-                # Concurrent processes see the same history: seed by the (unique) trial
-                # number, or two of them would sample the same parameters.
-                seed = trial_seed(ctx.cfg.seed, 1_000_000 + trial.number)
-                study.sampler = optuna.samplers.TPESampler(seed=seed)
             try:
-                with _heartbeat(study, trial, shared):
+                with _heartbeat(tuning, trial.number):
                     scores, pruned = run_trial(ctx, trial, space(trial), **trial_kwargs)
             except BaseException:
                 study.tell(trial, state=TrialState.FAIL)  # re-run with these params on resume
                 raise
-            if pruned:
-                study.tell(trial, state=TrialState.PRUNED)
-                continue
-            value = sum(scores["fold_acc"]) / len(scores["fold_acc"])
-            trial.set_user_attr("fold_acc", scores["fold_acc"])
-            trial.set_user_attr("best_epochs", scores["best_epochs"])
-            attrs = {"fold_acc": scores["fold_acc"], "best_epochs": scores["best_epochs"]}
-            trial.set_user_attr("digest", record_digest(trial.params, value, attrs))
-            study.tell(trial, value)
+            _tell(study, trial, scores, pruned)
     except (KeyboardInterrupt, MnistlabError):
         raise
     except Exception as exc:
         if type(exc).__module__.startswith(("sqlalchemy", "optuna.exceptions", "sqlite3")):
-            raise _db_error(url, exc) from None
+            raise _db_error(tuning.url, exc) from None
         raise
     finally:
         task.done()
 
 
-def _heartbeat(study, trial, shared: bool):
-    """Optuna's heartbeat thread for a shared database (a no-op otherwise)."""
-    if not shared:
-        return contextlib.nullcontext()
-    from optuna.storages._heartbeat import get_heartbeat_thread
+def _next_trial(tuning: Tuning, budget: int, seed: int, finished: int) -> optuna.Trial | None:
+    """A new trial, its sampler seeded by the number of finished trials (so a resumed run
+    draws what an uninterrupted one would). On a shared study a trial is claimed, then kept
+    only if fewer than ``budget`` were claimed before it (by trial number, so every process
+    agrees): Optuna's ``MaxTrialsCallback`` counts only after a trial ends, so N processes
+    would overshoot the budget by up to N − 1 trials. None: nothing to run now."""
+    import optuna
+    from optuna.trial import TrialState
 
-    return get_heartbeat_thread(trial._trial_id, study._storage)
+    study = tuning.study
+    if tuning.shared:
+        optuna.storages.fail_stale_trials(study)  # a killed worker's trial re-queued
+        if _claimed(study.get_trials(deepcopy=False)) >= budget:
+            time.sleep(1.0)  # the rest of the budget is running elsewhere
+            return None
+    study.sampler = optuna.samplers.TPESampler(seed=trial_seed(seed, finished))
+    trial = study.ask()
+    if not tuning.shared:
+        return trial
+    if _claimed(study.get_trials(deepcopy=False), trial.number) >= budget:
+        trial.set_user_attr("over_budget", True)
+        study.tell(trial, state=TrialState.FAIL)
+        return None
+    # Concurrent processes see the same history: seed by the (unique) trial number, or two
+    # of them would sample the same parameters.
+    study.sampler = optuna.samplers.TPESampler(seed=trial_seed(seed, 1_000_000 + trial.number))
+    return trial
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, scores: dict, pruned: bool) -> None:
+    """Store a finished trial with a digest of its scores (verified when read back)."""
+    from optuna.trial import TrialState
+
+    if pruned:
+        study.tell(trial, state=TrialState.PRUNED)
+        return
+    value = sum(scores["fold_acc"]) / len(scores["fold_acc"])
+    trial.set_user_attr("fold_acc", scores["fold_acc"])
+    trial.set_user_attr("best_epochs", scores["best_epochs"])
+    attrs = {"fold_acc": scores["fold_acc"], "best_epochs": scores["best_epochs"]}
+    trial.set_user_attr("digest", record_digest(trial.params, value, attrs))
+    study.tell(trial, value)
+
+
+@contextlib.contextmanager
+def _heartbeat(tuning: Tuning, number: int):
+    """Heartbeats of trial ``number`` on a shared study while it runs (none otherwise), through
+    the storage's public API: Optuna records them itself only inside ``study.optimize``, and
+    the exact resume above needs ask-and-tell."""
+    if not tuning.shared:
+        yield
+        return
+    storage = tuning.storage
+    study_id = storage.get_study_id_from_name(STUDY_NAME)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            storage.record_heartbeat(trial_id)
+            if stop.wait(HEARTBEAT):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def retrain(
@@ -394,11 +441,7 @@ def retrain_together(
         progress=ctx.progress,
         description=f"digits: retrain {len(members)} configuration(s) together",
     )
-    models = []
-    for (m, _, _), state in zip(recipes, res.states, strict=True):
-        model = MLP(m)
-        model.load_state_dict(state)
-        models.append(model.eval())
+    models = [solo(MLP(m), state) for (m, _, _), state in zip(recipes, res.states, strict=True)]
     return models, res.seconds
 
 
@@ -408,18 +451,16 @@ def part_tune(ctx: Context) -> dict:
     cfg = ctx.cfg
     folder = ctx.out / "tune"
     folder.mkdir(parents=True, exist_ok=True)
-    shared = ctx.storage is not None
-    url = storage_url(folder, ctx.storage)
-    study = open_study(url, cfg, shared=shared)
-    if not shared:  # this process is the study's one writer (the run folder's lock)
+    tuning = open_tuning(storage_url(folder, ctx.storage), shared=ctx.storage is not None)
+    if not tuning.shared:  # this process is the study's one writer (the run folder's lock)
         try:
-            requeued = repair(study)
+            requeued = repair(tuning.study)
         except Exception as exc:
-            raise _db_error(url, exc) from None
+            raise _db_error(tuning.url, exc) from None
         if requeued:
             ctx.progress.message(f"digits: tune: re-running {requeued} interrupted trial(s)")
-    optimise(ctx, study, url, budget=cfg.trials, shared=shared)
-    trials = verified_trials(study, cfg.folds, where(url))
+    optimise(ctx, tuning, budget=cfg.trials)
+    trials = verified_trials(tuning.study, cfg.folds, describe_url(tuning.url))
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     if not complete:
         raise MnistlabError("tuning finished no trial; raise --trials")
@@ -437,20 +478,7 @@ def part_tune(ctx: Context) -> dict:
             "kind": "tuned",
         },
     )
-    runs.atomic_write_csv(
-        folder / "trials.csv",
-        [
-            {
-                "number": t.number,
-                "state": t.state.name,
-                "value": t.value,
-                **t.params,
-                "fold_acc": t.user_attrs.get("fold_acc"),
-                "retry_of": t.user_attrs.get("retry_of"),
-            }
-            for t in study.get_trials(deepcopy=False)
-        ],
-    )
+    _write_trials(folder / "trials.csv", tuning.study)
     return {
         "best": hp,
         "best_trial": best.number,
@@ -471,4 +499,30 @@ def part_tune(ctx: Context) -> dict:
     }
 
 
-__all__ = ["open_study", "part_tune", "repair", "storage_url", "suggest", "verified_trials"]
+def _write_trials(path: Path, study: optuna.Study) -> None:
+    """Every trial, failed and re-queued ones included: the tuning's audit trail."""
+    runs.atomic_write_csv(
+        path,
+        [
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                **t.params,
+                "fold_acc": t.user_attrs.get("fold_acc"),
+                "retry_of": t.user_attrs.get("retry_of"),
+            }
+            for t in study.get_trials(deepcopy=False)
+        ],
+    )
+
+
+__all__ = [
+    "Tuning",
+    "open_tuning",
+    "part_tune",
+    "repair",
+    "storage_url",
+    "suggest",
+    "verified_trials",
+]

@@ -25,6 +25,7 @@ from pathlib import Path
 from mnistlab import executors
 from mnistlab.runs import environment, write_json
 from mnistlab.studies import stn
+from mnistlab.studies.opening import Env
 
 
 def _port() -> int:
@@ -36,7 +37,7 @@ def _port() -> int:
 def timed(cfg, executor) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        stn.run(cfg, Path(tmp), executor=executor)
+        stn.run(cfg, Path(tmp), Env(executor=executor))
         return time.perf_counter() - t
 
 

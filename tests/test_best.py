@@ -64,6 +64,33 @@ def garbage_test_labels(monkeypatch):
             monkeypatch.setattr(mod, "load_mnist", load)
 
 
+def _interrupted_on(monkeypatch, module, name: str, call: int):
+    """``module.name`` raises KeyboardInterrupt on its ``call``-th call (1-based)."""
+    real, calls = getattr(module, name), []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+    return real
+
+
+def _numbers(metrics: dict) -> dict:
+    """A run's results without its timings (wall clocks differ between runs)."""
+    if isinstance(metrics, dict):
+        return {
+            k: _numbers(v)
+            for k, v in metrics.items()
+            if "seconds" not in k and k not in ("wall", "started")
+        }
+    if isinstance(metrics, list):
+        return [_numbers(v) for v in metrics]
+    return metrics
+
+
 def _fewshot_choices(metrics):
     return {name: [row["chosen"] for row in r["table"]] for name, r in metrics["backbones"].items()}
 
@@ -78,6 +105,16 @@ def test_fewshot_best_chooses_on_validation_only(tmp_path, mnist, tmp_cache, req
     request.getfixturevalue("garbage_test_labels")
     g = fewshot_best.run(cfg, tmp_path / "b")
     assert _fewshot_choices(g) == _fewshot_choices(m)  # same choices, other test scores
+
+
+def test_fewshot_best_resumes_to_the_uninterrupted_result(tmp_path, mnist, tmp_cache, monkeypatch):
+    cfg = fewshot_best.FewshotBestConfig(**FEWSHOT)
+    clean = fewshot_best.run(cfg, tmp_path / "clean")
+    real = _interrupted_on(monkeypatch, fewshot_best, "_probe_grid", 2)  # in the second size
+    with pytest.raises(KeyboardInterrupt):
+        fewshot_best.run(cfg, tmp_path / "resumed")
+    monkeypatch.setattr(fewshot_best, "_probe_grid", real)
+    assert _numbers(fewshot_best.run(cfg, tmp_path / "resumed")) == _numbers(clean)
 
 
 def test_probe_fits_match_the_primal_solution():
@@ -126,3 +163,19 @@ def test_digits_best_chooses_on_validation_only(tmp_path, mnist, request):
     assert g["search"]["params"] == m["search"]["params"]
     for v in m["transfer"]:
         assert g["transfer"][v]["chosen"] == m["transfer"][v]["chosen"]
+
+
+def test_digits_best_resumes_to_the_uninterrupted_result(tmp_path, mnist, monkeypatch):
+    from mnistlab.studies.digits import tune
+
+    cfg = digits_best.DigitsBestConfig(**DIGITS)
+    clean = digits_best.run(cfg, tmp_path / "clean")
+    real = _interrupted_on(monkeypatch, tune, "run_trial", 2)  # in the search's second trial
+    with pytest.raises(KeyboardInterrupt):
+        digits_best.run(cfg, tmp_path / "resumed")
+    monkeypatch.setattr(tune, "run_trial", real)
+    real = _interrupted_on(monkeypatch, digits_best, "_unfreeze", 1)  # in the transfer grid
+    with pytest.raises(KeyboardInterrupt):
+        digits_best.run(cfg, tmp_path / "resumed")
+    monkeypatch.setattr(digits_best, "_unfreeze", real)
+    assert _numbers(digits_best.run(cfg, tmp_path / "resumed")) == _numbers(clean)

@@ -10,6 +10,7 @@ from mnistlab.errors import MnistlabError
 from mnistlab.models import backbones as bb
 from mnistlab.studies import fewshot
 from mnistlab.studies.fewshot.common import seed_splits
+from mnistlab.studies.opening import Env
 from mnistlab.train.features import FrozenFeatures, cached_features, preprocess
 
 RANDOM = bb.ResolvedWeights(None, "RANDOM", "v1.5", "random:0")
@@ -162,7 +163,7 @@ def test_fewshot_resumes_to_the_same_numbers(tmp_path, mnist, tmp_cache):
     cfg = _tiny(epochs=4, sizes=(1, 2, 3))
     ref = fewshot.run(cfg, tmp_path / "ref")
     with pytest.raises(KeyboardInterrupt):  # features cached, the heads of size 2 half-trained
-        fewshot.run(cfg, tmp_path / "run", progress=_Interrupt(6))
+        fewshot.run(cfg, tmp_path / "run", Env(progress=_Interrupt(6)))
     resumed = fewshot.run(cfg, tmp_path / "run")
     a, b = ref["backbones"]["resnet18"], resumed["backbones"]["resnet18"]
     assert a["table"] == b["table"] and a["mean_curves"] == b["mean_curves"]

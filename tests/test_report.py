@@ -472,3 +472,74 @@ def test_report_renders_in_headless_chromium_at_desktop_and_phone_width(results,
             page.screenshot(path=str(tmp_path / f"report-{width}.png"), full_page=False)
         browser.close()
     assert errors == []
+
+
+# ----------------------------------------------------------------------------- best protocols
+
+
+def test_fewshot_best_difference_and_target_follow_the_seeds(results, tmp_path):
+    folder = _copy(results, tmp_path, "fewshot-best")
+
+    def seeds(best, adam):
+        def change(m):
+            row = m["backbones"]["resnet18"]["table"][0]
+            row["per_seed_test_acc"], row["per_seed_adam_test_acc"] = best, adam
+            row["test_acc"] = [sum(best) / len(best), 0.01]
+
+        _edit(folder / "metrics.json", change)
+        return S.fewshot_best(folder).tables[0].rows[0]
+
+    up = seeds([0.95, 0.96, 0.955], [0.90, 0.91, 0.904])
+    assert up[3].startswith("+5.03 points (significant at 5 %")
+    down = seeds([0.60, 0.61, 0.604], [0.65, 0.66, 0.655])
+    assert down[3].startswith("−5.03 points (significant")
+    tie = seeds([0.9, 0.8, 0.7], [0.8, 0.9, 0.7])
+    assert "(no verdict" not in tie[3] and "not significant" in tie[3]
+
+
+def test_digits_best_verdicts_follow_the_numbers(results, tmp_path):
+    folder = _copy(results, tmp_path, "digits-best")
+    specified = results / runs.read_json(results / runs.MANIFEST)["folders"]["digits"]
+    tuned = runs.read_json(specified / "tune" / "result.json")
+    n = tuned["test_n"]
+
+    def source(precision, right):
+        def change(m):
+            m["source"]["best"]["test_precision"] = precision
+            m["source"]["best"]["test_correct"] = pack_correct(right)
+
+        _edit(folder / "metrics.json", change)
+        return _text(S.digits_best(folder, specified))
+
+    tuned_right = unpack_correct(tuned["test_correct"], n)
+    text = source(0.999, np.ones(n, bool))
+    assert "target met" in text
+    assert "the searched recipe is better than the tuned model" in text or tuned_right.all()
+    text = source(0.5, np.zeros(n, bool))
+    assert "target missed" in text and "the searched recipe is worse than the tuned model" in text
+    text = source(0.99, tuned_right)
+    assert "measured exactly level" in text and "agree on every image" in text
+
+
+# ----------------------------------------------------------------------------- schemas
+
+
+def test_every_result_file_conforms_to_the_schema_its_readers_use(results):
+    """Each study's metrics.json (and each digits part's file) from the tiny real runs
+    against the typed schema the registry names; a removed field is caught."""
+    from mnistlab import registry, schemas
+
+    folders = runs.read_json(results / runs.MANIFEST)["folders"]
+    for study in registry.STUDIES.values():
+        metrics = runs.read_json(results / folders[study.name] / "metrics.json")
+        assert schemas.problems(metrics, study.metrics) == [], study.name
+    digits_folder = results / folders["digits"]
+    for name, schema in schemas.DIGITS_FILES.items():
+        assert schemas.problems(runs.read_json(digits_folder / name), schema) == [], name
+    stn = runs.read_json(results / folders["stn"] / "metrics.json")
+    del stn["stn"]["per_seed_final"]
+    stn["baseline"]["final_test_acc"] = [0.9]
+    assert schemas.problems(stn, schemas.STNMetrics) == [
+        "$.stn.per_seed_final: missing",
+        "$.baseline.final_test_acc: expected 2 items, got 1",
+    ]

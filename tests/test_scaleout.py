@@ -17,6 +17,7 @@ import pytest
 from mnistlab import executors, runs
 from mnistlab.errors import MnistlabError
 from mnistlab.studies import digits, stn
+from mnistlab.studies.opening import Env
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'mnistlab[ray]')")
 
@@ -72,12 +73,12 @@ def test_without_ray_the_option_says_how_to_install(monkeypatch):
 def test_ray_gives_the_same_results_as_local(tmp_path, mnist, local_ray):
     cfg = stn.STNConfig(**STN)
     here = stn.run(cfg, tmp_path / "local")
-    there = stn.run(cfg, tmp_path / "ray", executor=local_ray)
+    there = stn.run(cfg, tmp_path / "ray", Env(executor=local_ray))
     assert _numbers(here) == _numbers(there)
     cfgd = digits.DigitsConfig(**DIGITS)
     parts = ("transfer", "cache")
     here = digits.run(cfgd, tmp_path / "dl", parts=parts)
-    there = digits.run(cfgd, tmp_path / "dr", parts=parts, executor=local_ray)
+    there = digits.run(cfgd, tmp_path / "dr", Env(executor=local_ray), parts=parts)
     for unit in ("tune", "frozen5", "cached5", "scratch"):
         assert _numbers(here[unit]) == _numbers(there[unit])
     where = runs.read_json(tmp_path / "ray" / "cells" / "stn.json")["where"]
@@ -135,7 +136,7 @@ def test_a_two_node_cluster_runs_cells_on_both_nodes(tmp_path, mnist, two_node_c
     ex = executors.RayExecutor(two_node_cluster)
     nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert len(nodes) == 2
-    stn.run(stn.STNConfig(**STN), tmp_path, executor=ex)
+    stn.run(stn.STNConfig(**STN), tmp_path, Env(executor=ex))
     used = {
         runs.read_json(tmp_path / "cells" / f"{m}.json")["where"]["ray_node"] for m in stn.MODELS
     }

@@ -7,6 +7,7 @@ from mnistlab.errors import MnistlabError
 from mnistlab.models.stn import STNNet
 from mnistlab.progress import Progress, Task
 from mnistlab.studies import stn, stn_deform
+from mnistlab.studies.opening import Env
 
 
 def test_identity_initialisation_gives_identity_warp():
@@ -90,7 +91,7 @@ def test_stn_study_resumes_to_the_same_numbers(tmp_path, mnist):
     cfg = stn.STNConfig(**TINY)
     ref = stn.run(cfg, tmp_path / "ref")
     with pytest.raises(KeyboardInterrupt):  # mid-way through the STN's second epoch
-        stn.run(cfg, tmp_path / "run", progress=_Interrupt(12))
+        stn.run(cfg, tmp_path / "run", Env(progress=_Interrupt(12)))
     assert not (tmp_path / "run" / "metrics.json").exists()
     resumed = stn.run(cfg, tmp_path / "run")
     for model in ("stn", "baseline"):

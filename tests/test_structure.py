@@ -49,7 +49,7 @@ GRAPH = {m: _imports(p) - {m} for m, p in MODULES.items()}
 
 def _layer(module: str) -> str:
     """``mnistlab.studies.digits.tune`` → ``studies``; ``mnistlab`` → ``""``."""
-    return (module.split(".") + [""])[1]
+    return [*module.split("."), ""][1]
 
 
 def test_no_import_cycles():

@@ -412,12 +412,14 @@ def execute_study(
     import logging
 
     from mnistlab import registry, runs
+    from mnistlab.studies.opening import Env
 
     folder = runs.run_dir(root, study, config)
+    env = Env(progress, force, kwargs.pop("data_dir", None), kwargs.pop("executor", None))
     handler = _log_to(folder)
     try:
         progress.message(f"{study}: results in {folder}")
-        out = registry.get(study).run(config, folder, progress=progress, force=force, **kwargs)
+        out = registry.get(study).run(config, folder, env, **kwargs)
     finally:
         logging.getLogger("mnistlab").removeHandler(handler)
         handler.close()

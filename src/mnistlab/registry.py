@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from mnistlab import schemas
 from mnistlab.errors import MnistlabError
 from mnistlab.stats import mean_ci_text
 
@@ -47,6 +48,7 @@ class Study:
     options: tuple[str, ...] = ()  # extra option groups of the CLI (``cli.OPTION_GROUPS``)
     in_suite: Mapping[str, Any] = field(default_factory=dict)  # run kwargs inside ``run all``
     baseline: str | None = None  # the as-specified study a best protocol is compared with
+    metrics: Any = None  # the TypedDict of its metrics.json (mnistlab.schemas)
 
     @property
     def config(self) -> type:
@@ -160,6 +162,7 @@ _STUDIES = (
         help="few-shot transfer: new 10-way layer on frozen ImageNet nets",
         protocol="specified",
         summary=_fewshot_line,
+        metrics=schemas.FewshotMetrics,
         quick=_QUICK_FEWSHOT,
         options=("backbones",),
         in_suite=_SKIP_MISSING,
@@ -173,6 +176,7 @@ _STUDIES = (
         help="few-shot: the best honest head (chosen on validation) on the same frozen features",
         protocol="best",
         summary=_fewshot_best_line,
+        metrics=schemas.FewshotBestMetrics,
         quick=_QUICK_FEWSHOT,
         options=("backbones",),
         in_suite=_SKIP_MISSING,
@@ -187,6 +191,7 @@ _STUDIES = (
         help="spatial transformer vs plain CNN on MNIST; what it learns",
         protocol="specified",
         summary=_stn_line,
+        metrics=schemas.STNMetrics,
         quick={**_QUICK_STN, "seeds": 1, "train_eval_size": 2000},
     ),
     _entry(
@@ -198,6 +203,7 @@ _STUDIES = (
         help="STN on MNIST + elastic + zoom-out copies (60k → 180k)",
         protocol="specified",
         summary=_deform_line,
+        metrics=schemas.STNDeformMetrics,
         quick={**_QUICK_STN, "train_eval_size": 3000},
     ),
     _entry(
@@ -209,6 +215,7 @@ _STUDIES = (
         help="MLP on digits 0–4, tuning, BN, dropout, transfer to 5–9",
         protocol="specified",
         summary=_digits_line,
+        metrics=schemas.DigitsMetrics,
         quick=_QUICK_DIGITS,
         options=("parts",),
     ),
@@ -221,6 +228,7 @@ _STUDIES = (
         help="digits: wider cross-validated search and validation-chosen transfer recipes",
         protocol="best",
         summary=_digits_best_line,
+        metrics=schemas.DigitsBestMetrics,
         quick={
             **_QUICK_DIGITS,
             "best_trials": 4,

@@ -25,6 +25,19 @@ from mnistlab.progress import default as default_progress
 from mnistlab.train.devices import pick_device
 
 
+@dataclass(frozen=True)
+class Env:
+    """What a study run takes from whoever calls it — the command line, ``run all``, a
+    notebook, a test — beside its config: nothing here shapes the results, so nothing here is
+    part of the config hash. (The device is in the config: CPU and GPU differ in the last bits;
+    the command line resolves ``auto`` to the concrete device once, at the edge.)"""
+
+    progress: Progress | None = None  # default: bars on a terminal or in a notebook
+    force: bool = False  # recompute finished results
+    data_dir: Path | str | None = None  # a folder with the MNIST IDX files
+    executor: Any = None  # where independent cells run (default: here, in order)
+
+
 @dataclass
 class Opened:
     """A locked run folder and what a study needs to fill it."""
@@ -34,6 +47,7 @@ class Opened:
     device: torch.device
     progress: Progress
     executor: Any
+    data_dir: Path | str | None
 
     @property
     def finished(self) -> dict | None:
@@ -51,23 +65,18 @@ class Opened:
 
 
 @contextmanager
-def open_study(
-    config: Any,
-    out_dir: Path | str,
-    *,
-    progress: Progress | None = None,
-    force: bool = False,
-    data_dir: Path | str | None = None,
-    executor: Any = None,
-    check_counts: bool = False,
+def open_run(
+    config: Any, out_dir: Path | str, env: Env | None = None, *, check_counts: bool = False
 ) -> Iterator[Opened]:
     """Open (and lock) ``out_dir`` for ``config``; ``check_counts`` refuses a digits config
     whose ``limit`` leaves too few images of a digit, before the folder is created."""
+    env = env or Env()
     out = Path(out_dir)
     device = pick_device(config.device)
-    provenance = mnist_info(data_dir).as_dict()
+    provenance = mnist_info(env.data_dir).as_dict()
     if check_counts and config.limit is not None:  # the first N images may hold too few
-        labels = load_mnist("train", data_dir)[1][: config.limit]
+        labels = load_mnist("train", env.data_dir)[1][: config.limit]
         config.check_target_counts(labels.bincount(minlength=10).tolist())
-    with runs.Run(out, config, force=force, provenance=provenance, device=str(device)) as run_:
-        yield Opened(run_, out, device, progress or default_progress(), executor or LocalExecutor())
+    with runs.Run(out, config, force=env.force, provenance=provenance, device=str(device)) as run_:
+        progress = env.progress or default_progress()
+        yield Opened(run_, out, device, progress, env.executor or LocalExecutor(), env.data_dir)

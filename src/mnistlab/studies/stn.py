@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mnistlab import runs
+from mnistlab import runs, schemas
 from mnistlab.config import SEED_MAX, check_device, option, validate
 from mnistlab.data import COUNTS, load_mnist
 from mnistlab.executors import Cell, where
@@ -27,7 +27,7 @@ from mnistlab.models.stn import StackedSTN, STNNet, init_stn, to_input
 from mnistlab.progress import Progress
 from mnistlab.progress import default as default_progress
 from mnistlab.stats import mean_ci, pack_correct
-from mnistlab.studies.opening import open_study
+from mnistlab.studies.opening import Env, open_run
 from mnistlab.train.checkpoint import load_checkpoint, save_checkpoint
 from mnistlab.train.engine import Member, Pool, Schedule, StackResult, train_stack
 from mnistlab.train.evaluate import predict, solo
@@ -305,32 +305,26 @@ def load_cells(cfg: Any, out: Path) -> dict[str, StackResult]:
 def run(
     config: STNConfig,
     out_dir: Path | str,
-    *,
-    progress: Progress | None = None,
-    force: bool = False,
-    data_dir: Path | str | None = None,
-    executor: Any = None,
-) -> dict:
+    env: Env | None = None,
+) -> schemas.STNMetrics:
     """Train STN and baseline over seeds, analyse θ; write results/figures to ``out_dir``."""
     from mnistlab.studies import stn_figures
 
-    opening = open_study(
-        config, out_dir, progress=progress, force=force, data_dir=data_dir, executor=executor
-    )
+    opening = open_run(config, out_dir, env)
     with opening as run_:
         if run_.finished is not None:
             return run_.finished
-        out, device, progress, executor = run_.out, run_.device, run_.progress, run_.executor
+        out, device, executor = run_.out, run_.device, run_.executor
 
         def data() -> tuple[Pool, int]:
-            x_tr, y_tr = _limited(*load_mnist("train", data_dir), config.limit_train)
-            x_te, y_te = _limited(*load_mnist("test", data_dir), config.limit_test)
+            x_tr, y_tr = _limited(*load_mnist("train", run_.data_dir), config.limit_train)
+            x_te, y_te = _limited(*load_mnist("test", run_.data_dir), config.limit_test)
             return Pool(torch.cat([x_tr, x_te]), torch.cat([y_tr, y_te])), len(y_tr)
 
         t_start = time.perf_counter()
         executor.run(model_cells(config, out, data, device, run_.cell_progress, "stn"), root=out)
         results = load_cells(config, out)
-        x_te, y_te = _limited(*load_mnist("test", data_dir), config.limit_test)
+        x_te, y_te = _limited(*load_mnist("test", run_.data_dir), config.limit_test)
         model = trained_model(results["stn"], 0, True, device)
         thetas, warped = thetas_and_outputs(model, x_te, device)
         parts = decompose_theta(thetas)

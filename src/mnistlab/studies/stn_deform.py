@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
+from mnistlab import schemas
 from mnistlab.config import SEED_MAX, option
 from mnistlab.data import COUNTS, KINDS, DeformParams, expand, load_mnist
-from mnistlab.progress import Progress
 from mnistlab.stats import mean_ci
-from mnistlab.studies.opening import open_study
+from mnistlab.studies.opening import Env, open_run
 from mnistlab.studies.stn import (
     STNConfig,
     correct_on,
@@ -75,16 +75,10 @@ def _expanded(split: str, limit: int | None, cfg: STNDeformConfig, seed: int, da
 def run(
     config: STNDeformConfig,
     out_dir: Path | str,
-    *,
-    progress: Progress | None = None,
-    force: bool = False,
-    data_dir: Path | str | None = None,
-    executor: Any = None,
-) -> dict:
+    env: Env | None = None,
+) -> schemas.STNDeformMetrics:
     """Expand, train STN and baseline, analyse per kind; write everything to ``out_dir``."""
-    opening = open_study(
-        config, out_dir, progress=progress, force=force, data_dir=data_dir, executor=executor
-    )
+    opening = open_run(config, out_dir, env)
     with opening as run_:
         if run_.finished is not None:
             return run_.finished
@@ -92,11 +86,13 @@ def run(
         t_start = time.perf_counter()
         progress.message("stn-deform: building the expanded train and test sets (cached)")
         t0 = time.perf_counter()
-        test = _expanded("test", config.limit_test, config, config.deform_seed + 1, data_dir)
+        test = _expanded("test", config.limit_test, config, config.deform_seed + 1, run_.data_dir)
         expand_seconds = time.perf_counter() - t0
 
         def data() -> tuple[Pool, int]:
-            train = _expanded("train", config.limit_train, config, config.deform_seed, data_dir)
+            train = _expanded(
+                "train", config.limit_train, config, config.deform_seed, run_.data_dir
+            )
             pool = Pool(
                 torch.cat([train.images, test.images]),
                 torch.cat([train.labels, test.labels]),

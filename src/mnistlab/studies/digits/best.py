@@ -22,13 +22,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from mnistlab import runs
+from mnistlab import runs, schemas
 from mnistlab.config import option
 from mnistlab.data import parse_digits
 from mnistlab.errors import MnistlabError
 from mnistlab.executors import Cell
 from mnistlab.models.mlp import MLP, MLPConfig, StackedMLP
-from mnistlab.progress import Progress
 from mnistlab.progress import default as default_progress
 from mnistlab.stats import mean_ci
 from mnistlab.studies.digits import tune
@@ -40,7 +39,7 @@ from mnistlab.studies.digits.common import (
     to_flat,
 )
 from mnistlab.studies.digits.transfer import Reused, frozen_trunk, transfer_split
-from mnistlab.studies.opening import open_study
+from mnistlab.studies.opening import Env, open_run
 from mnistlab.train.checkpoint import load_checkpoint, save_checkpoint
 from mnistlab.train.engine import Member, Pool, Schedule, train_stack
 from mnistlab.train.evaluate import solo
@@ -382,27 +381,15 @@ def stage_cells(cfg: DigitsBestConfig, out: Path, device, progress, data_dir) ->
 def run(
     config: DigitsBestConfig,
     out_dir: Path | str,
-    *,
-    progress: Progress | None = None,
-    force: bool = False,
-    data_dir: Path | str | None = None,
-    executor: Any = None,
-) -> dict:
+    env: Env | None = None,
+) -> schemas.DigitsBestMetrics:
     """Search, retrain, transfer; every stage stored, so an interrupted run resumes."""
-    opening = open_study(
-        config,
-        out_dir,
-        progress=progress,
-        force=force,
-        data_dir=data_dir,
-        executor=executor,
-        check_counts=True,
-    )
+    opening = open_run(config, out_dir, env, check_counts=True)
     with opening as run_:
         if run_.finished is not None:
             return run_.finished
-        out, device, progress, executor = run_.out, run_.device, run_.progress, run_.executor
+        out, device, executor = run_.out, run_.device, run_.executor
         t0 = time.perf_counter()
-        executor.run(stage_cells(config, out, device, run_.cell_progress, data_dir), root=out)
+        executor.run(stage_cells(config, out, device, run_.cell_progress, run_.data_dir), root=out)
         stages_done = {name: runs.read_finished(out / f"{name}.json") for name in STAGES}
         return run_.finish({**stages_done, "wall_seconds": time.perf_counter() - t0})

@@ -19,11 +19,10 @@ from typing import Any
 
 from mnistlab import runs
 from mnistlab.executors import Cell
-from mnistlab.progress import Progress
 from mnistlab.progress import default as default_progress
 from mnistlab.studies.digits import source, transfer, tune
 from mnistlab.studies.digits.common import VARIANTS, Context, DigitsConfig
-from mnistlab.studies.opening import open_study
+from mnistlab.studies.opening import Env, open_run
 
 
 @dataclass(frozen=True)
@@ -63,12 +62,9 @@ PARTS: dict[str, tuple[str, ...]] = {
 def run(
     config: DigitsConfig,
     out_dir: Path | str,
+    env: Env | None = None,
     *,
     parts: tuple[str, ...] = tuple(PARTS),
-    progress: Progress | None = None,
-    force: bool = False,
-    data_dir: Path | str | None = None,
-    executor: Any = None,
     storage: str | None = None,
 ) -> dict:
     """Run the requested parts (and what they depend on); return every unit's results.
@@ -83,19 +79,11 @@ def run(
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         raise ValueError(f"unknown part {unknown[0]!r}")
-    opening = open_study(
-        config,
-        out_dir,
-        progress=progress,
-        force=force,
-        data_dir=data_dir,
-        executor=executor,
-        check_counts=True,
-    )
+    opening = open_run(config, out_dir, env, check_counts=True)
     with opening as run_:
-        out, device, progress, executor = run_.out, run_.device, run_.progress, run_.executor
+        out, device, executor = run_.out, run_.device, run_.executor
         units = [name for part in parts for name in PARTS[part]]
-        cells = unit_cells(config, out, device, run_.cell_progress, data_dir, units, storage)
+        cells = unit_cells(config, out, device, run_.cell_progress, run_.data_dir, units, storage)
         executor.run(cells, root=out)
         results = {c.key: runs.read_finished(out / UNITS[c.key].file) for c in cells}
         figures.write_all(out)

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from mnistlab import runs
+from mnistlab import runs, schemas
 from mnistlab.config import option
 from mnistlab.errors import MnistlabError
 from mnistlab.models.backbones import resolve_weights
@@ -35,7 +35,7 @@ from mnistlab.stats import mean_ci
 from mnistlab.studies.fewshot.common import FewshotConfig
 from mnistlab.studies.fewshot.pool import feature_pool
 from mnistlab.studies.fewshot.study import backbone_cells, size_rows
-from mnistlab.studies.opening import open_study
+from mnistlab.studies.opening import Env, open_run
 from mnistlab.train.devices import pick_device
 from mnistlab.train.probes import fit_probes, probe_scores
 
@@ -247,23 +247,18 @@ def summarise(rows: list[dict], sizes) -> list[dict]:
 def run(
     config: FewshotBestConfig,
     out_dir: Path | str,
+    env: Env | None = None,
     *,
-    progress: Progress | None = None,
-    force: bool = False,
-    data_dir: Path | str | None = None,
     skip_missing: bool = False,
-    executor: Any = None,
-) -> dict:
+) -> schemas.FewshotBestMetrics:
     """Search and score every backbone (one cell each); results to ``out_dir``."""
-    opening = open_study(
-        config, out_dir, progress=progress, force=force, data_dir=data_dir, executor=executor
-    )
+    opening = open_run(config, out_dir, env)
     with opening as run_:
         if run_.finished is not None:
             return run_.finished
-        out, progress, executor = run_.out, run_.progress, run_.executor
+        out, executor = run_.out, run_.executor
         cells = backbone_cells(
-            run_backbone, config, out, run_.cell_progress, data_dir, skip_missing
+            run_backbone, config, out, run_.cell_progress, run_.data_dir, skip_missing
         )
         done = executor.run(cells, root=out)
         results = {n: r for n, r in done.items() if "skipped" not in r}

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
-from mnistlab import runs
+from mnistlab import runs, schemas
 from mnistlab.errors import MnistlabError
 from mnistlab.executors import Cell
 from mnistlab.models.backbones import (
@@ -30,7 +29,7 @@ from mnistlab.progress import default as default_progress
 from mnistlab.stats import mean_ci
 from mnistlab.studies.fewshot.common import FewshotConfig
 from mnistlab.studies.fewshot.pool import feature_pool
-from mnistlab.studies.opening import open_study
+from mnistlab.studies.opening import Env, open_run
 from mnistlab.train.devices import pick_device
 from mnistlab.train.engine import Member
 
@@ -189,13 +188,10 @@ def aggregate(rows: list[dict], cfg: FewshotConfig) -> list[dict]:
 def run(
     config: FewshotConfig,
     out_dir: Path | str,
+    env: Env | None = None,
     *,
-    progress: Progress | None = None,
-    force: bool = False,
     skip_missing: bool = False,
-    data_dir: Path | str | None = None,
-    executor: Any = None,
-) -> dict:
+) -> schemas.FewshotMetrics:
     """Run every backbone (one cell each); with ``skip_missing`` a backbone without weights is
     skipped (and recorded with the reason) instead of failing the whole study.
 
@@ -205,15 +201,13 @@ def run(
     """
     from mnistlab.studies.fewshot import figures
 
-    opening = open_study(
-        config, out_dir, progress=progress, force=force, data_dir=data_dir, executor=executor
-    )
+    opening = open_run(config, out_dir, env)
     with opening as run_:
         if run_.finished is not None:
             return run_.finished
         out, progress, executor = run_.out, run_.progress, run_.executor
         cells = backbone_cells(
-            run_backbone, config, out, run_.cell_progress, data_dir, skip_missing
+            run_backbone, config, out, run_.cell_progress, run_.data_dir, skip_missing
         )
         done = executor.run(cells, root=out)
         results = {n: r for n, r in done.items() if "skipped" not in r}

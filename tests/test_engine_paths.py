@@ -1,0 +1,124 @@
+"""Engine paths the STN and the best protocols take: SGD with momentum and the cosine schedule
+against torch.optim written by hand, and the per-member augmentation streams."""
+
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from mnistlab.models.backbones import new_linear
+from mnistlab.train.augment import Augment, augment_batch
+from mnistlab.train.engine import Schedule, _derive
+
+from .test_engine import TOL, _close, _data, _head, _heads
+
+
+def _by_hand(m, sched: Schedule, make_opt):
+    """The member trained alone with torch.optim, in the engine's batch order, its lr set from
+    the schedule at the start of each epoch."""
+    pool = _data()
+    head = new_linear(32, 5, m.seed)
+    opt = make_opt(head, m)
+    order = torch.Generator().manual_seed(_derive(m.seed, "order"))
+    for epoch in range(1, sched.epochs + 1):
+        for group in opt.param_groups:
+            group["lr"] = m.lr * sched.lr_factor(epoch)
+        perm = torch.randperm(len(m.train), generator=order)
+        for lo in range(0, len(m.train), sched.batch_size):
+            idx = m.train[perm[lo : lo + sched.batch_size]]
+            opt.zero_grad()
+            F.cross_entropy(head(pool.x[idx]), pool.y[idx]).backward()
+            opt.step()
+    return head.state_dict()
+
+
+def _sgd(head, m):
+    return torch.optim.SGD(
+        [{"params": [head.weight], "weight_decay": m.weight_decay}, {"params": [head.bias]}],
+        lr=m.lr,
+        momentum=0.9,
+    )
+
+
+def _adam(head, m):
+    return torch.optim.Adam(
+        [{"params": [head.weight], "weight_decay": m.weight_decay}, {"params": [head.bias]}],
+        lr=m.lr,
+    )
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_sgd_with_momentum_equals_torch_optim_sgd(schedule):
+    """The STN's optimiser path: per-member lr and L2, momentum 0.9, ragged training sets."""
+    members = [_head(0, 0.05, 100, 1e-3), _head(1, 0.02, 90), _head(2, 0.1, 137, 1e-4)]
+    sched = Schedule(epochs=4, batch_size=32, optimizer="sgd", momentum=0.9, lr_schedule=schedule)
+    stacked = _heads(members, sched)
+    for k, m in enumerate(members):
+        assert _close(stacked.states[k], _by_hand(m, sched, _sgd))
+
+
+def test_cosine_schedule_equals_torch_optim_adam_with_the_same_lr_per_epoch():
+    members = [_head(0, 1e-2, 100, 1e-3), _head(1, 3e-3, 90)]
+    sched = Schedule(epochs=5, batch_size=32, lr_schedule="cosine")
+    stacked = _heads(members, sched)
+    for k, m in enumerate(members):
+        assert _close(stacked.states[k], _by_hand(m, sched, _adam))
+    constant = _heads(members, Schedule(epochs=5, batch_size=32))
+    assert not _close(stacked.states[0], constant.states[0], tol=TOL)  # the schedule acts
+
+
+def test_cosine_factor_anneals_from_one_towards_zero_over_its_horizon():
+    s = Schedule(epochs=10, batch_size=1, lr_schedule="cosine")
+    assert s.lr_factor(1) == 1.0
+    assert s.lr_factor(6) == pytest.approx(0.5)
+    assert s.lr_factor(10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.9)))
+    longer = Schedule(epochs=10, batch_size=1, lr_schedule="cosine", horizon=20)
+    assert longer.lr_factor(11) == pytest.approx(0.5)
+    assert Schedule(epochs=10, batch_size=1).lr_factor(7) == 1.0
+
+
+def _batch(k=3, b=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(k, b, 28, 28, dtype=torch.uint8)
+    x[..., 8:20, 11:17] = torch.randint(100, 255, (k, b, 12, 6), generator=g, dtype=torch.uint8)
+    return x
+
+
+def _gens(*seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def test_augmentation_touches_only_real_rows_of_augmented_members():
+    x = _batch()
+    specs = [Augment(shift=2.0, rotate=10.0), None, Augment()]
+    out = augment_batch(x, specs, _gens(0, 1, 2), rows=[5, 8, 8])
+    assert out.dtype == torch.uint8 and out.shape == x.shape
+    assert torch.equal(out[0, 5:], x[0, 5:])  # padding rows
+    assert torch.equal(out[1], x[1]) and torch.equal(out[2], x[2])  # none, or zero magnitudes
+    assert all(not torch.equal(out[0, i], x[0, i]) for i in range(5))
+
+
+def test_augmentation_stream_depends_only_on_the_members_own_generator():
+    x = _batch()
+    spec = Augment(shift=2.0, rotate=10.0, scale=0.1)
+    alone = augment_batch(x[:1], [spec], _gens(7), rows=[8])
+    mates = augment_batch(x, [spec, spec, None], _gens(7, 8, 9), rows=[8, 3, 8])
+    again = augment_batch(x, [spec, spec, None], _gens(7, 99, 9), rows=[8, 8, 8])
+    assert torch.equal(alone[0], mates[0]) and torch.equal(alone[0], again[0])
+    other = augment_batch(x[:1], [spec], _gens(8), rows=[8])
+    assert not torch.equal(alone[0], other[0])
+
+
+def test_a_pure_shift_moves_the_digit_by_at_most_its_magnitude():
+    x = _batch(k=1, b=64)
+    out = augment_batch(x, [Augment(shift=2.0)], _gens(3), rows=[64])
+
+    def centre(img):
+        w = img.float()
+        cols = torch.arange(28.0)
+        return (w.sum(0) @ cols) / w.sum(), (w.sum(1) @ cols) / w.sum()
+
+    for a, b in zip(x[0], out[0], strict=True):
+        (ax, ay), (bx, by) = centre(a), centre(b)
+        assert abs(float(bx - ax)) <= 2.05 and abs(float(by - ay)) <= 2.05

@@ -41,7 +41,7 @@ from mnistlab.models.stn import StackedSTN, init_stn, to_input
 from mnistlab.progress import Progress
 from mnistlab.runs import environment, write_json
 from mnistlab.studies.digits import tune as digits_tune
-from mnistlab.studies.digits.common import Context, DigitsConfig, load_digits, to_flat
+from mnistlab.studies.digits.common import CellContext, DigitsConfig, load_digits, to_flat
 from mnistlab.studies.stn import STNConfig, train_seeds
 from mnistlab.train.engine import Member, Pool, Schedule, train_stack
 
@@ -209,7 +209,7 @@ def bench_tune(trials: int = 6) -> dict:
             accs.append(legacy.evaluate(model, x[va], data.y_train[va])[1])
         legacy_acc.append(sum(accs) / len(accs))
     legacy_seconds = time.perf_counter() - t0
-    ctx = Context(cfg, Path(tempfile.mkdtemp()), CPU, Progress(), None, lambda name: {})
+    ctx = CellContext(cfg, Path(tempfile.mkdtemp()), CPU, Progress(), None, lambda name: {})
     ctx._source = data
     t0 = time.perf_counter()
     engine_acc = []

@@ -15,7 +15,7 @@ import pytest
 
 from mnistlab import runs
 from mnistlab.cli import main
-from mnistlab.report import sections as S
+from mnistlab.report import sections
 from mnistlab.report.build import build_report
 from mnistlab.stats import pack_correct, unpack_correct
 from mnistlab.studies import digits, fewshot, stn, stn_deform
@@ -182,7 +182,7 @@ def test_stn_verdict_and_significance_follow_the_seeds(results, tmp_path):
             m["stn"]["per_seed_final"], m["baseline"]["per_seed_final"] = stn_acc, cnn_acc
 
         _edit(folder / "metrics.json", change)
-        return _text(S.stn(folder))
+        return _text(sections.stn(folder))
 
     better = seeds([0.99, 0.98, 0.985], [0.95, 0.94, 0.946])
     assert "The STN is better than the CNN by 3.97 points (significant at 5 %: p = " in better
@@ -203,7 +203,7 @@ def test_tutorial_comparison_follows_the_numbers(results, tmp_path):
 
     def final(acc):
         _edit(folder / "metrics.json", lambda m: m["stn"]["final_test_acc"].__setitem__(0, acc))
-        return _text(S.stn(folder))
+        return _text(sections.stn(folder))
 
     assert "points above the tutorial after 20" in final(0.995)
     assert "within the tutorial after 20" in final(0.987)
@@ -240,15 +240,15 @@ def test_zoom_verdicts_follow_scale_and_accuracy(results, tmp_path):
 
     scales(0.25)
     _set_correct(folder, n, np.ones(third, bool), np.zeros(third, bool), zoom)
-    text = _text(S.stn_deform(folder))
+    text = _text(sections.stn_deform(folder))
     assert "undid the zoom-out (almost) fully" in text and "paid off" in text
     assert "did not pay off" not in text
     _set_correct(folder, n, np.zeros(third, bool), np.ones(third, bool), zoom)
-    text = _text(S.stn_deform(folder))
+    text = _text(sections.stn_deform(folder))
     assert "did not pay off" in text and "contrary to the expectation" in text
     assert "about 5×5 pixels" in text  # from the zoom factor (4×), not a fixed figure
     scales(1.0)
-    text = _text(S.stn_deform(folder))
+    text = _text(sections.stn_deform(folder))
     assert "did not undo the zoom-out" in text and "did not pay off" not in text
     assert "magnifies them 1.00×, where a full undo of the 4× zoom-out would need 4×" in text
 
@@ -258,18 +258,20 @@ def test_elastic_verdict_follows_the_measured_difference(results, tmp_path):
     third = n // 3
     elastic = slice(third, 2 * third)
     _set_correct(folder, n, np.ones(third, bool), np.zeros(third, bool), elastic)
-    assert "significantly better on elastic" in _text(S.stn_deform(folder))
+    assert "significantly better on elastic" in _text(sections.stn_deform(folder))
     _set_correct(folder, n, np.zeros(third, bool), np.ones(third, bool), elastic)
-    assert "significantly worse on elastic" in _text(S.stn_deform(folder))
+    assert "significantly worse on elastic" in _text(sections.stn_deform(folder))
     same = np.arange(third) % 2 == 0
     _set_correct(folder, n, same, same, elastic)
-    text = _text(S.stn_deform(folder))
+    text = _text(sections.stn_deform(folder))
     assert "no test could compare the models on elastic images" in text
     assert "agree on every image" in text
     other = same.copy()
     other[:2] = ~other[:2]  # one image each way: a tie the test cannot call
     _set_correct(folder, n, same, other, elastic)
-    assert "no significant difference between the models on elastic" in _text(S.stn_deform(folder))
+    assert "no significant difference between the models on elastic" in _text(
+        sections.stn_deform(folder)
+    )
 
 
 def test_fewshot_flattery_and_plateau_follow_the_numbers(results, tmp_path):
@@ -279,7 +281,7 @@ def test_fewshot_flattery_and_plateau_follow_the_numbers(results, tmp_path):
         _edit(
             folder / "metrics.json", lambda m: [fn(r) for r in m["backbones"]["resnet18"]["table"]]
         )
-        return _text(S.fewshot(folder))
+        return _text(sections.fewshot(folder))
 
     def equal(r):
         r["per_seed_val_epoch_same_lr_test_acc"] = list(r["per_seed_best_test_acc"])
@@ -315,7 +317,7 @@ def test_dropout_is_chosen_on_validation_not_test(results, tmp_path):
                 v["val_acc_at_best"], v["test_precision"] = val[rate], p
 
         _edit(folder / "dropout" / "result.json", change)
-        return _text(S.digits(folder)[0])
+        return _text(sections.digits(folder)[0])
 
     # the best test precision belongs to 0.5, but validation prefers 0.2: 0.2 is reported
     text = rates({"0.0": 0.95, "0.2": 0.97, "0.5": 0.96}, [0.95, 0.94, 0.99])
@@ -350,11 +352,11 @@ def test_dropout_answer_follows_its_test(results, tmp_path):
     right, wrong = np.ones(n, bool), np.r_[np.zeros(200, bool), np.ones(n - 200, bool)]
     pair = (("rates", chosen), ("rates", "0.0"))
     _set_models_correct(path, *pair, right, wrong)
-    assert "Does dropout help? Yes" in _text(S.digits(folder)[0])
+    assert "Does dropout help? Yes" in _text(sections.digits(folder)[0])
     _set_models_correct(path, *pair, wrong, right)
-    assert "Does dropout help? No:" in _text(S.digits(folder)[0])
+    assert "Does dropout help? No:" in _text(sections.digits(folder)[0])
     _set_models_correct(path, *pair, right, right)
-    text = _text(S.digits(folder)[0])
+    text = _text(sections.digits(folder)[0])
     assert "Does dropout help? No test can decide" in text and "agree on every image" in text
 
 
@@ -367,7 +369,7 @@ def test_batchnorm_answers_follow_the_numbers(results, tmp_path):
             r["batchnorm"]["test_precision"], r["plain"]["test_precision"] = p_bn, p_plain
 
         _edit(folder / "batchnorm" / "result.json", change)
-        return _text(S.digits(folder)[0])
+        return _text(sections.digits(folder)[0])
 
     assert "Converges faster? Yes, judged by the epochs each needed" in bn(1, 3, 0.99, 0.98)
     assert "Converges faster? No, judged by the epochs" in bn(3, 1, 0.98, 0.99)
@@ -377,13 +379,15 @@ def test_batchnorm_answers_follow_the_numbers(results, tmp_path):
     right, wrong = np.ones(n, bool), np.r_[np.zeros(200, bool), np.ones(n - 200, bool)]
     pair = (("batchnorm",), ("plain",))
     _set_models_correct(path, *pair, right, wrong)
-    assert "Better model? Yes: on test accuracy the model with batch" in _text(S.digits(folder)[0])
+    assert "Better model? Yes: on test accuracy the model with batch" in _text(
+        sections.digits(folder)[0]
+    )
     _set_models_correct(path, *pair, wrong, right)
-    assert "Better model? No: on test accuracy" in _text(S.digits(folder)[0])
+    assert "Better model? No: on test accuracy" in _text(sections.digits(folder)[0])
     nearly = right.copy()
     nearly[:3] = False
     _set_models_correct(path, *pair, nearly, right)
-    text = _text(S.digits(folder)[0])
+    text = _text(sections.digits(folder)[0])
     assert "Better model? Not shown at 5 %: on test accuracy the model with batch norm " in text
     assert "measured 0." in text and "lower than the one without (not significant" in text
 
@@ -406,30 +410,30 @@ def test_transfer_verdicts_follow_the_seeds(results, tmp_path):
         accs(v, [0.70, 0.71, 0.72], val=0.5)
     accs("unfreeze2", [0.80, 0.81, 0.82], val=0.9)
     accs("scratch", [0.90, 0.91, 0.92])
-    assert "Transfer did NOT help here" in _text(S.digits(folder)[1])
+    assert "Transfer did NOT help here" in _text(sections.digits(folder)[1])
     accs("scratch", [0.60, 0.61, 0.62])
-    assert "Transfer helped" in _text(S.digits(folder)[1])
+    assert "Transfer helped" in _text(sections.digits(folder)[1])
     accs("scratch", [0.70, 0.95, 0.70])
-    text = _text(S.digits(folder)[1])
+    text = _text(sections.digits(folder)[1])
     assert "Whether transfer helps is not shown" in text and "(not significant" in text
 
 
 def test_transfer_prose_takes_its_figures_from_the_config(results, tmp_path):
     folder = _copy(results, tmp_path, "digits")
-    text = _text(S.digits(folder))
+    text = _text(sections.digits(folder))
     assert "20 per digit" in text and "100 per digit" not in text  # the tiny run's setting
     _edit(folder / "config.json", lambda c: c["config"].update(unfreeze_lr_factor=0.5))
-    assert "a 2× smaller learning rate" in _text(S.digits(folder)[1])
+    assert "a 2× smaller learning rate" in _text(sections.digits(folder)[1])
     _edit(folder / "config.json", lambda c: c["config"].update(unfreeze_lr_factor=1.0))
-    assert "the same learning rate" in _text(S.digits(folder)[1])
+    assert "the same learning rate" in _text(sections.digits(folder)[1])
 
 
 def test_published_numbers_come_from_the_data_file():
-    pub = S.published()
+    pub = sections.published()
     assert pub["stn_tutorial"]["test_acc_after_20_epochs"] == [98.5, 99.0]
     assert pub["stn_paper"]["error"]["ST-CNN (affine)"]["E"] == 1.2
     assert pub["geron_digits"]["transfer"]["scratch"] == [84.8, 84.8]
-    for module in Path(S.__file__).parent.glob("*.py"):
+    for module in Path(sections.__file__).parent.glob("*.py"):
         src = module.read_text()
         for number in ("98.5", "84.8", "68.6", "1.4"):  # no published number written in prose
             assert number not in src, module.name
@@ -487,7 +491,7 @@ def test_fewshot_best_difference_and_target_follow_the_seeds(results, tmp_path):
             row["test_acc"] = [sum(best) / len(best), 0.01]
 
         _edit(folder / "metrics.json", change)
-        return S.fewshot_best(folder).tables[0].rows[0]
+        return sections.fewshot_best(folder).tables[0].rows[0]
 
     up = seeds([0.95, 0.96, 0.955], [0.90, 0.91, 0.904])
     assert up[3].startswith("+5.03 points (significant at 5 %")
@@ -509,7 +513,7 @@ def test_digits_best_verdicts_follow_the_numbers(results, tmp_path):
             m["source"]["best"]["test_correct"] = pack_correct(right)
 
         _edit(folder / "metrics.json", change)
-        return _text(S.digits_best(folder, specified))
+        return _text(sections.digits_best(folder, specified))
 
     tuned_right = unpack_correct(tuned["test_correct"], n)
     text = source(0.999, np.ones(n, bool))

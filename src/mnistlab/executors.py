@@ -45,7 +45,7 @@ class Cell:
     done: Callable[[], bool] = field(default=lambda: False)  # finished already (skip it)
 
 
-def where() -> dict[str, Any]:
+def host_info() -> dict[str, Any]:
     """Which machine and process ran a cell (recorded in its result)."""
     node = None
     try:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from mnistlab.errors import MnistlabError
-from mnistlab.models import stack as S
+from mnistlab.models import stack
 
 
 @dataclass(frozen=True)
@@ -99,14 +99,16 @@ class StackedMLP:
             name.startswith(self.prefix) and name.endswith(".0.weight")
         )
 
-    def forward(self, p: dict[str, torch.Tensor], x: torch.Tensor, step: S.Step) -> torch.Tensor:
+    def forward(
+        self, p: dict[str, torch.Tensor], x: torch.Tensor, step: stack.Step
+    ) -> torch.Tensor:
         """Logits ``[K, B, classes]`` for inputs ``[K, B, width of block first]``."""
         h = x.flatten(2)
         for i in range(self.first, len(self.config.hidden)):
-            h = S.linear(h, p, f"{self.prefix}.{i}.0")
+            h = stack.linear(h, p, f"{self.prefix}.{i}.0")
             if self.config.batch_norm:
-                h = S.batch_norm(h, p, f"{self.prefix}.{i}.1", step)
+                h = stack.batch_norm(h, p, f"{self.prefix}.{i}.1", step)
             h = torch.relu(h)
             if step.noise is not None and (m := step.noise.keep((h.shape[2],))) is not None:
                 h = h * m
-        return S.linear(h, p, "head")
+        return stack.linear(h, p, "head")

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mnistlab.models import stack as S
+from mnistlab.models import stack
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 IDENTITY_THETA = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -123,12 +123,12 @@ class StackedSTN:
     def theta(self, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """``[K, B, 2, 3]`` affine matrices for inputs ``[K, B, 1, 28, 28]`` in [0, 1]."""
         k, b = x.shape[:2]
-        g = S.to_groups(STNNet.normalise(x), self.memory_format)
-        g = _pool_relu(S.conv2d(g, p, "localization.0", self.memory_format))
-        g = _pool_relu(S.conv2d(g, p, "localization.3", self.memory_format))
+        g = stack.to_groups(STNNet.normalise(x), self.memory_format)
+        g = _pool_relu(stack.conv2d(g, p, "localization.0", self.memory_format))
+        g = _pool_relu(stack.conv2d(g, p, "localization.3", self.memory_format))
         h = g.reshape(b, k, -1).transpose(0, 1)
-        h = F.relu(S.linear(h, p, "fc_loc.0"))
-        return S.linear(h, p, "fc_loc.2").view(k, b, 2, 3)
+        h = F.relu(stack.linear(h, p, "fc_loc.0"))
+        return stack.linear(h, p, "fc_loc.2").view(k, b, 2, 3)
 
     def transform(self, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         k, b = x.shape[:2]
@@ -138,18 +138,22 @@ class StackedSTN:
         out = F.grid_sample(flat, grid, align_corners=False, padding_mode="zeros")
         return out.view_as(x)
 
-    def forward(self, p: dict[str, torch.Tensor], x: torch.Tensor, step: S.Step) -> torch.Tensor:
+    def forward(
+        self, p: dict[str, torch.Tensor], x: torch.Tensor, step: stack.Step
+    ) -> torch.Tensor:
         """Logits ``[K, B, 10]`` for images ``[K, B, 1, 28, 28]`` in [0, 1]."""
         k, b = x.shape[:2]
         if self.use_stn:
             x = self.transform(p, x)
         mf = self.memory_format
-        g = _pool_relu(S.conv2d(S.to_groups(STNNet.normalise(x), mf), p, "classifier.conv1", mf))
-        g = S.conv2d(g, p, "classifier.conv2", mf)
+        g = _pool_relu(
+            stack.conv2d(stack.to_groups(STNNet.normalise(x), mf), p, "classifier.conv1", mf)
+        )
+        g = stack.conv2d(g, p, "classifier.conv2", mf)
         if step.noise is not None and (m := step.noise.keep((g.shape[1] // k,))) is not None:
             g = g * m.transpose(0, 1).reshape(b, -1, 1, 1)  # Dropout2d: whole channels
         h = _pool_relu(g).reshape(b, k, -1).transpose(0, 1)
-        h = F.relu(S.linear(h, p, "classifier.fc1"))
+        h = F.relu(stack.linear(h, p, "classifier.fc1"))
         if step.noise is not None and (m := step.noise.keep((h.shape[2],))) is not None:
             h = h * m
-        return S.linear(h, p, "classifier.fc2")
+        return stack.linear(h, p, "classifier.fc2")

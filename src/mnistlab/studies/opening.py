@@ -39,7 +39,7 @@ class Env:
 
 
 @dataclass
-class Opened:
+class StudyRun:
     """A locked run folder and what a study needs to fill it."""
 
     run: runs.Run
@@ -67,7 +67,7 @@ class Opened:
 @contextmanager
 def open_run(
     config: Any, out_dir: Path | str, env: Env | None = None, *, check_counts: bool = False
-) -> Iterator[Opened]:
+) -> Iterator[StudyRun]:
     """Open (and lock) ``out_dir`` for ``config``; ``check_counts`` refuses a digits config
     whose ``limit`` leaves too few images of a digit, before the folder is created."""
     env = env or Env()
@@ -79,4 +79,4 @@ def open_run(
         config.check_target_counts(labels.bincount(minlength=10).tolist())
     with runs.Run(out, config, force=env.force, provenance=provenance, device=str(device)) as run_:
         progress = env.progress or default_progress()
-        yield Opened(run_, out, device, progress, env.executor or LocalExecutor(), env.data_dir)
+        yield StudyRun(run_, out, device, progress, env.executor or LocalExecutor(), env.data_dir)

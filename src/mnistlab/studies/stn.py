@@ -22,12 +22,12 @@ import torch
 from mnistlab import runs, schemas
 from mnistlab.config import SEED_MAX, check_device, option, validate
 from mnistlab.data import COUNTS, load_mnist
-from mnistlab.executors import Cell, where
+from mnistlab.executors import Cell, host_info
 from mnistlab.models.stn import StackedSTN, STNNet, init_stn, to_input
 from mnistlab.progress import Progress
 from mnistlab.progress import default as default_progress
 from mnistlab.stats import mean_ci, pack_correct
-from mnistlab.studies.opening import Env, open_run
+from mnistlab.studies.opening import Env, StudyRun, open_run
 from mnistlab.train.checkpoint import load_checkpoint, save_checkpoint
 from mnistlab.train.engine import Member, Pool, Schedule, StackResult, train_stack
 from mnistlab.train.evaluate import predict, solo
@@ -202,6 +202,22 @@ def train_seeds(
     return result
 
 
+def largest_deformations(parts: dict[str, torch.Tensor], k: int = 6) -> dict[str, list[int]]:
+    """Per deformation type, the ``k`` test images the STN deforms most that way."""
+    iso = torch.sqrt(parts["scale_x"].abs() * parts["scale_y"].abs())
+    scores = {
+        "rotation": parts["rotation_deg"].abs(),
+        "zoom": (iso.log()).abs(),
+        "shear": parts["shear"].abs(),
+        "translation": torch.sqrt(parts["tx"] ** 2 + parts["ty"] ** 2),
+    }
+    return {name: torch.argsort(v, descending=True)[:k].tolist() for name, v in scores.items()}
+
+
+def _numpy(parts: dict[str, torch.Tensor]) -> dict[str, Any]:
+    return {name: v.numpy() for name, v in parts.items()}
+
+
 def trained_model(result: StackResult, k: int, use_stn: bool, device: torch.device) -> STNNet:
     return solo(STNNet(use_stn), result.states[k]).to(device)
 
@@ -278,7 +294,7 @@ def model_cells(
                     "best_epoch": res.best_epoch,
                     "epochs_run": res.epochs_run,
                     "seconds": res.seconds,
-                    "where": where(),
+                    "where": host_info(),
                 },
             )
 
@@ -308,41 +324,44 @@ def run(
     env: Env | None = None,
 ) -> schemas.STNMetrics:
     """Train STN and baseline over seeds, analyse θ; write results/figures to ``out_dir``."""
-    from mnistlab.studies import stn_figures
+    with open_run(config, out_dir, env) as run_:
+        return run_.finished or run_.finish(_compute(config, run_))
 
-    opening = open_run(config, out_dir, env)
-    with opening as run_:
-        if run_.finished is not None:
-            return run_.finished
-        out, device, executor = run_.out, run_.device, run_.executor
 
-        def data() -> tuple[Pool, int]:
-            x_tr, y_tr = _limited(*load_mnist("train", run_.data_dir), config.limit_train)
-            x_te, y_te = _limited(*load_mnist("test", run_.data_dir), config.limit_test)
-            return Pool(torch.cat([x_tr, x_te]), torch.cat([y_tr, y_te])), len(y_tr)
+def _compute(config, run_: StudyRun) -> dict:
+    """The study's work inside its opened run folder; returns its metrics."""
+    from mnistlab.figures import stn as figures
 
-        t_start = time.perf_counter()
-        executor.run(model_cells(config, out, data, device, run_.cell_progress, "stn"), root=out)
-        results = load_cells(config, out)
+    out, device, executor = run_.out, run_.device, run_.executor
+
+    def data() -> tuple[Pool, int]:
+        x_tr, y_tr = _limited(*load_mnist("train", run_.data_dir), config.limit_train)
         x_te, y_te = _limited(*load_mnist("test", run_.data_dir), config.limit_test)
-        model = trained_model(results["stn"], 0, True, device)
-        thetas, warped = thetas_and_outputs(model, x_te, device)
-        parts = decompose_theta(thetas)
-        examples = stn_figures.theta_figures(out, parts, x_te, warped)
-        summaries = {m: summarise_runs(r) for m, r in results.items()}
-        stn_figures.accuracy_curves(out, {m: s["curves"] for m, s in summaries.items()}, "stn")
-        for m, r in results.items():  # the first seed's models, image by image
-            net = trained_model(r, 0, m == "stn", device)
-            summaries[m]["test_correct_seed0"] = correct_on(net, x_te, y_te, device)
-        metrics = {
-            **summaries,
-            "deformations": deformation_stats(parts),
-            "examples": examples,
-            "padding": "grid_sample samples the un-normalised image (background 0 = zero "
-            "padding); normalisation happens after the transformer",
-            "device": str(device),
-            "wall_seconds": time.perf_counter() - t_start,
-            "n_train": min(config.limit_train or sum(COUNTS["train"]), sum(COUNTS["train"])),
-            "n_test": len(y_te),
-        }
-        return run_.finish(metrics)
+        return Pool(torch.cat([x_tr, x_te]), torch.cat([y_tr, y_te])), len(y_tr)
+
+    t_start = time.perf_counter()
+    executor.run(model_cells(config, out, data, device, run_.cell_progress, "stn"), root=out)
+    results = load_cells(config, out)
+    x_te, y_te = _limited(*load_mnist("test", run_.data_dir), config.limit_test)
+    model = trained_model(results["stn"], 0, True, device)
+    thetas, warped = thetas_and_outputs(model, x_te, device)
+    parts = decompose_theta(thetas)
+    examples = largest_deformations(parts)
+    figures.theta_figures(out, _numpy(parts), x_te.numpy(), warped.numpy(), examples)
+    summaries = {m: summarise_runs(r) for m, r in results.items()}
+    figures.accuracy_curves(out, {m: s["curves"] for m, s in summaries.items()}, "stn")
+    for m, r in results.items():  # the first seed's models, image by image
+        net = trained_model(r, 0, m == "stn", device)
+        summaries[m]["test_correct_seed0"] = correct_on(net, x_te, y_te, device)
+    metrics = {
+        **summaries,
+        "deformations": deformation_stats(parts),
+        "examples": examples,
+        "padding": "grid_sample samples the un-normalised image (background 0 = zero "
+        "padding); normalisation happens after the transformer",
+        "device": str(device),
+        "wall_seconds": time.perf_counter() - t_start,
+        "n_train": min(config.limit_train or sum(COUNTS["train"]), sum(COUNTS["train"])),
+        "n_test": len(y_te),
+    }
+    return metrics

@@ -19,7 +19,7 @@ from mnistlab import schemas
 from mnistlab.config import SEED_MAX, option
 from mnistlab.data import COUNTS, KINDS, DeformParams, expand, load_mnist
 from mnistlab.stats import mean_ci
-from mnistlab.studies.opening import Env, open_run
+from mnistlab.studies.opening import Env, StudyRun, open_run
 from mnistlab.studies.stn import (
     STNConfig,
     correct_on,
@@ -78,46 +78,46 @@ def run(
     env: Env | None = None,
 ) -> schemas.STNDeformMetrics:
     """Expand, train STN and baseline, analyse per kind; write everything to ``out_dir``."""
-    opening = open_run(config, out_dir, env)
-    with opening as run_:
-        if run_.finished is not None:
-            return run_.finished
-        out, device, progress, executor = run_.out, run_.device, run_.progress, run_.executor
-        t_start = time.perf_counter()
-        progress.message("stn-deform: building the expanded train and test sets (cached)")
-        t0 = time.perf_counter()
-        test = _expanded("test", config.limit_test, config, config.deform_seed + 1, run_.data_dir)
-        expand_seconds = time.perf_counter() - t0
+    with open_run(config, out_dir, env) as run_:
+        return run_.finished or run_.finish(_compute(config, run_))
 
-        def data() -> tuple[Pool, int]:
-            train = _expanded(
-                "train", config.limit_train, config, config.deform_seed, run_.data_dir
-            )
-            pool = Pool(
-                torch.cat([train.images, test.images]),
-                torch.cat([train.labels, test.labels]),
-                torch.cat([train.kind, test.kind]),
-                KINDS,
-            )
-            return pool, len(train)
 
-        cells = model_cells(config, out, data, device, run_.cell_progress, "stn-deform")
-        executor.run(cells, root=out)
-        results = load_cells(config, out)
-        n_train = 3 * min(config.limit_train or sum(COUNTS["train"]), sum(COUNTS["train"]))
-        metrics = _metrics(out, results, n_train, test, config, device)
-        metrics["expand_seconds"] = expand_seconds
-        metrics["wall_seconds"] = time.perf_counter() - t_start
-        return run_.finish(metrics)
+def _compute(config, run_: StudyRun) -> dict:
+    """The study's work inside its opened run folder; returns its metrics."""
+    out, device, progress, executor = run_.out, run_.device, run_.progress, run_.executor
+    t_start = time.perf_counter()
+    progress.message("stn-deform: building the expanded train and test sets (cached)")
+    t0 = time.perf_counter()
+    test = _expanded("test", config.limit_test, config, config.deform_seed + 1, run_.data_dir)
+    expand_seconds = time.perf_counter() - t0
+
+    def data() -> tuple[Pool, int]:
+        train = _expanded("train", config.limit_train, config, config.deform_seed, run_.data_dir)
+        pool = Pool(
+            torch.cat([train.images, test.images]),
+            torch.cat([train.labels, test.labels]),
+            torch.cat([train.kind, test.kind]),
+            KINDS,
+        )
+        return pool, len(train)
+
+    cells = model_cells(config, out, data, device, run_.cell_progress, "stn-deform")
+    executor.run(cells, root=out)
+    results = load_cells(config, out)
+    n_train = 3 * min(config.limit_train or sum(COUNTS["train"]), sum(COUNTS["train"]))
+    metrics = _metrics(out, results, n_train, test, config, device)
+    metrics["expand_seconds"] = expand_seconds
+    metrics["wall_seconds"] = time.perf_counter() - t_start
+    return metrics
 
 
 def _metrics(out: Path, results, n_train: int, test, config: STNDeformConfig, device) -> dict:
     """Accuracy per model and kind (curves, finals, per seed, per image for McNemar) and what
     the first seed's STN does to each kind."""
-    from mnistlab.studies import stn_figures
+    from mnistlab.figures import stn as figures
 
     summaries = {m: summarise_runs(r, KINDS) for m, r in results.items()}
-    stn_figures.accuracy_curves(
+    figures.accuracy_curves(
         out, {m: s["curves"] for m, s in summaries.items()}, "stn-deform", ("all", *KINDS)
     )
     models = {m: trained_model(r, 0, m == "stn", device) for m, r in results.items()}
@@ -148,7 +148,7 @@ def _metrics(out: Path, results, n_train: int, test, config: STNDeformConfig, de
 def _theta_by_kind(out: Path, model, test, config: STNDeformConfig, device) -> dict[str, Any]:
     """What the first seed's STN does to each kind of test image: mean θ scale, deformation
     statistics, example warps and the scale histogram (the evidence of undoing)."""
-    from mnistlab.studies import stn_figures
+    from mnistlab.figures import stn as figures
 
     thetas, warped = thetas_and_outputs(model, test.images, device)
     parts = decompose_theta(thetas)
@@ -159,9 +159,12 @@ def _theta_by_kind(out: Path, model, test, config: STNDeformConfig, device) -> d
         scale[name] = float(iso[mask].mean())
         scale_lists[name] = iso[mask].tolist()
         by_kind[name] = deformation_stats({p: v[mask] for p, v in parts.items()})
-    shown = ("zoom", "elastic", "original")
-    stn_figures.kind_examples(out, test.images, warped, test.kind, shown)
-    stn_figures.scale_by_kind(out, scale_lists, config.zoom_factor)
+    shown = {
+        name: torch.nonzero(test.kind == KINDS.index(name)).flatten()[:8].tolist()
+        for name in ("zoom", "elastic", "original")
+    }
+    figures.kind_examples(out, test.images.numpy(), warped.numpy(), shown)
+    figures.scale_by_kind(out, scale_lists, config.zoom_factor)
     return {"mean_scale_by_kind": scale, "deformations_by_kind": by_kind}
 
 

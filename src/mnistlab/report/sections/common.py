@@ -74,6 +74,11 @@ def pm(
     return mean_ci_text(pair, scale, digits, unit, sign=sign)
 
 
+def published_table(headers: list[str], rows: list[list[str]], caption: str) -> list[Table]:
+    """Published numbers beside this run's, with their source; nothing when none compare."""
+    return [Table(headers, rows, caption)] if rows else []
+
+
 def fig(folder: Path, stem: str, caption: str) -> list[tuple[Path, str]]:
     path = folder / f"{stem}.png"
     return [(path, caption)] if path.is_file() else []

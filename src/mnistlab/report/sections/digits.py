@@ -16,6 +16,7 @@ from mnistlab.report.sections.common import (
     pct,
     pm,
     published,
+    published_table,
     span,
     target,
 )
@@ -178,16 +179,12 @@ def _geron_source(pre, tune, bn, do) -> list[Table]:
         if ours.get(name) is not None:
             v = 100 * ours[name]
             rows.append([name, span(lo, hi), f"{v:.2f} %", against_range(v, lo, hi, "Géron")])
-    if not rows:
-        return []
     src = published()["geron_digits"]
-    return [
-        Table(
-            ["model", "published (accuracy)", "this run (accuracy)", "comparison"],
-            rows,
-            f"Published: {src['source']}. {src['note']}",
-        )
-    ]
+    return published_table(
+        ["model", "published (accuracy)", "this run (accuracy)", "comparison"],
+        rows,
+        f"Published: {src['source']}. {src['note']}",
+    )
 
 
 def _transfer(sec: Section, folder: Path, cfg: dict) -> None:
@@ -319,20 +316,16 @@ def _geron_transfer(variants: dict, cfg: dict) -> list[Table]:
                     against_range(ours, lo, hi, "Géron"),
                 ]
             )
-    if not rows:
-        return []
     note = (
         ""
         if cfg["per_digit"] == pub["per_digit"]
         else (f" Géron used {pub['per_digit']} images per digit, this run {cfg['per_digit']}.")
     )
-    return [
-        Table(
-            ["variant", "published (accuracy)", "this run (accuracy)", "comparison"],
-            rows,
-            f"Published: {pub['source']}. {pub['note']}{note}",
-        )
-    ]
+    return published_table(
+        ["variant", "published (accuracy)", "this run (accuracy)", "comparison"],
+        rows,
+        f"Published: {pub['source']}. {pub['note']}{note}",
+    )
 
 
 def digits_best(folder: Path | None, baseline: Path | None = None) -> Section:

@@ -13,6 +13,7 @@ from mnistlab.report.sections.common import (
     picks,
     pm,
     published,
+    published_table,
     target,
 )
 from mnistlab.report.verdict import amount, compare, signed
@@ -147,15 +148,11 @@ def _fewshot_published(m: dict) -> list[Table]:
                 rows.append(
                     [name, str(row["size"]), f"{ref:.1f} %", f"{ours:.2f} %", f"{ours - ref:+.2f}"]
                 )
-    if not rows:
-        return []
-    return [
-        Table(
-            ["backbone", "images/class", "published", "this run", "difference (points)"],
-            rows,
-            f"Published: {pub['source']}. {pub['note']}",
-        )
-    ]
+    return published_table(
+        ["backbone", "images/class", "published", "this run", "difference (points)"],
+        rows,
+        f"Published: {pub['source']}. {pub['note']}",
+    )
 
 
 def fewshot_best(folder: Path | None, baseline: Path | None = None) -> Section:

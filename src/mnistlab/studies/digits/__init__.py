@@ -5,7 +5,7 @@ Config and context live in :mod:`.common`, which imports no other module of the 
 nothing imports back.
 """
 
-from mnistlab.studies.digits.common import STUDY, VARIANTS, Context, DigitsConfig
+from mnistlab.studies.digits.common import STUDY, VARIANTS, CellContext, DigitsConfig
 from mnistlab.studies.digits.study import PARTS, run
 
-__all__ = ["PARTS", "STUDY", "VARIANTS", "Context", "DigitsConfig", "run"]
+__all__ = ["PARTS", "STUDY", "VARIANTS", "CellContext", "DigitsConfig", "run"]

@@ -32,16 +32,21 @@ from mnistlab.progress import default as default_progress
 from mnistlab.stats import mean_ci
 from mnistlab.studies.digits import tune
 from mnistlab.studies.digits.common import (
-    Context,
+    CellContext,
     DigitsConfig,
     load_digits,
     test_metrics,
     to_flat,
 )
-from mnistlab.studies.digits.transfer import Reused, frozen_trunk, transfer_split
-from mnistlab.studies.opening import Env, open_run
+from mnistlab.studies.digits.transfer import (
+    Reused,
+    frozen_trunk,
+    transfer_schedule,
+    transfer_split,
+)
+from mnistlab.studies.opening import Env, StudyRun, open_run
 from mnistlab.train.checkpoint import load_checkpoint, save_checkpoint
-from mnistlab.train.engine import Member, Pool, Schedule, train_stack
+from mnistlab.train.engine import Member, Pool, train_stack
 from mnistlab.train.evaluate import solo
 
 STUDY = "digits-best"
@@ -83,7 +88,7 @@ def wide_space(trial) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ source
 
 
-def search(ctx: Context) -> dict:
+def search(ctx: CellContext) -> dict:
     """The cross-validated search (exactly resumable, as the as-specified tuning)."""
     cfg = ctx.cfg
     folder = ctx.out / "search"
@@ -114,7 +119,7 @@ def search(ctx: Context) -> dict:
     }
 
 
-def source_models(ctx: Context, found: dict) -> dict:
+def source_models(ctx: CellContext, found: dict) -> dict:
     """The searched recipe retrained on all source images, a plain twin (same lr/L2/batch,
     none of the extras), and one retrain per removed ingredient (the ablation) — those of one
     shape and schedule as one stack."""
@@ -149,7 +154,7 @@ def source_models(ctx: Context, found: dict) -> dict:
     return out
 
 
-def _load_source(ctx: Context, name: str) -> MLP:
+def _load_source(ctx: CellContext, name: str) -> MLP:
     saved = load_checkpoint(ctx.out / "source" / f"{name}.pt")
     return solo(MLP(MLPConfig.from_dict(saved["config"])), saved["model"], name)
 
@@ -205,13 +210,7 @@ def _transfer_stack(ctx, target, recipes, n_layers, frozen, source, init, traina
         StackedMLP(shape, "stack", frozen),
         members,
         Pool(target.x_train, target.y_train),
-        Schedule(
-            epochs=cfg.transfer_max_epochs,
-            batch_size=cfg.transfer_batch_size,
-            patience=cfg.transfer_patience,
-            min_delta=cfg.transfer_min_delta,
-            restore_best=True,
-        ),
+        transfer_schedule(cfg),
         trainable=trainable,
         device=ctx.device,
         prepare=frozen_trunk(source, frozen, ctx.device) if frozen else to_flat,
@@ -246,7 +245,7 @@ def _score_recipes(recipes, members, res, target, n_layers, source) -> list[dict
     return out
 
 
-def transfer(ctx: Context, cfg: DigitsBestConfig) -> dict:
+def transfer(ctx: CellContext, cfg: DigitsBestConfig) -> dict:
     target = load_digits(cfg.target_digits, cfg.limit, ctx.data_dir)
     sources = {name: _load_source(ctx, name) for name in ("best", "plain")}
     k = len(parse_digits(cfg.target_digits))
@@ -349,14 +348,15 @@ def _ablation(scored: list[dict], chosen: dict) -> dict[str, float]:
 # ------------------------------------------------------------------------------ run
 
 
-STAGES = ("search", "source", "transfer")
+CELLS = ("search", "source", "transfer")
 
 
-def stage_cells(cfg: DigitsBestConfig, out: Path, device, progress, data_dir) -> list[Cell]:
-    """The three stages as cells, each after the one before, each stored when done."""
+def cells_for(cfg: DigitsBestConfig, out: Path, device, progress, data_dir) -> list[Cell]:
+    """The three cells (search, source models, transfer), each after the one before, each
+    stored when done."""
 
-    def stage(name: str) -> None:
-        ctx = Context(cfg, out, device, progress or default_progress(), data_dir, lambda n: {})
+    def run_cell(name: str) -> None:
+        ctx = CellContext(cfg, out, device, progress or default_progress(), data_dir, lambda n: {})
         if name == "search":
             res = search(ctx)
         elif name == "source":
@@ -369,12 +369,12 @@ def stage_cells(cfg: DigitsBestConfig, out: Path, device, progress, data_dir) ->
     return [
         Cell(
             name,
-            lambda name=name: stage(name),
-            needs=STAGES[:i][-1:],
+            lambda name=name: run_cell(name),
+            needs=CELLS[:i][-1:],
             gpus=gpus,
             done=(out / f"{name}.json").is_file,
         )
-        for i, name in enumerate(STAGES)
+        for i, name in enumerate(CELLS)
     ]
 
 
@@ -383,13 +383,15 @@ def run(
     out_dir: Path | str,
     env: Env | None = None,
 ) -> schemas.DigitsBestMetrics:
-    """Search, retrain, transfer; every stage stored, so an interrupted run resumes."""
-    opening = open_run(config, out_dir, env, check_counts=True)
-    with opening as run_:
-        if run_.finished is not None:
-            return run_.finished
-        out, device, executor = run_.out, run_.device, run_.executor
-        t0 = time.perf_counter()
-        executor.run(stage_cells(config, out, device, run_.cell_progress, run_.data_dir), root=out)
-        stages_done = {name: runs.read_finished(out / f"{name}.json") for name in STAGES}
-        return run_.finish({**stages_done, "wall_seconds": time.perf_counter() - t0})
+    """Search, retrain, transfer; every cell stored, so an interrupted run resumes."""
+    with open_run(config, out_dir, env, check_counts=True) as run_:
+        return run_.finished or run_.finish(_compute(config, run_))
+
+
+def _compute(config, run_: StudyRun) -> dict:
+    """The study's work inside its opened run folder; returns its metrics."""
+    out, device, executor = run_.out, run_.device, run_.executor
+    t0 = time.perf_counter()
+    executor.run(cells_for(config, out, device, run_.cell_progress, run_.data_dir), root=out)
+    cells_done = {name: runs.read_finished(out / f"{name}.json") for name in CELLS}
+    return {**cells_done, "wall_seconds": time.perf_counter() - t0}

@@ -196,7 +196,7 @@ def load_model(path: Path | str, expect: MLPConfig | None = None) -> MLP:
 
 
 @dataclass
-class Context:
+class CellContext:
     """What every part gets: the config, the run folder, data on demand, other parts' results."""
 
     cfg: DigitsConfig
@@ -215,5 +215,5 @@ class Context:
         return self._source
 
 
-def source_split(ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
+def source_split(ctx: CellContext) -> tuple[torch.Tensor, torch.Tensor]:
     return stratified_split(ctx.source.y_train, ctx.cfg.val_fraction, seed=ctx.cfg.seed)

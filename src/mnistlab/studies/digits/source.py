@@ -9,14 +9,20 @@ from typing import Any
 
 from mnistlab import runs
 from mnistlab.models.mlp import MLP, MLPConfig, StackedMLP, build_mlp
-from mnistlab.studies.digits.common import Context, mlp_config, source_split, test_metrics, to_flat
+from mnistlab.studies.digits.common import (
+    CellContext,
+    mlp_config,
+    source_split,
+    test_metrics,
+    to_flat,
+)
 from mnistlab.train.checkpoint import save_checkpoint
 from mnistlab.train.engine import EpochInfo, Member, Pool, Schedule, StackResult, train_stack
 from mnistlab.train.evaluate import solo
 
 
 def fit_variants(
-    ctx: Context,
+    ctx: CellContext,
     configs: dict[str, MLPConfig],
     hp: dict[str, Any],
     *,
@@ -62,7 +68,7 @@ def fit_variants(
     )
 
 
-def part_pretrain(ctx: Context) -> dict:
+def part_pretrain(ctx: CellContext) -> dict:
     """The baseline MLP with the study's checkpoints: every ``checkpoint_every`` epochs, the
     best so far and the final epoch — each a standalone model file."""
     folder = ctx.out / "pretrain"
@@ -115,7 +121,7 @@ def _epochs_to(history: list[dict], target: float) -> int | None:
     return next((int(r["epoch"]) for r in history if r["val_acc"] >= target), None)
 
 
-def variant_summary(ctx: Context, res: StackResult, k: int, config: MLPConfig) -> dict:
+def variant_summary(ctx: CellContext, res: StackResult, k: int, config: MLPConfig) -> dict:
     """One part-1 model: its curves, when it reached the target, its gaps, its test scores."""
     history = res.rows(k)
     best = history[res.best_epoch[k] - 1]
@@ -134,7 +140,7 @@ def variant_summary(ctx: Context, res: StackResult, k: int, config: MLPConfig) -
     }
 
 
-def part_batchnorm(ctx: Context) -> dict:
+def part_batchnorm(ctx: CellContext) -> dict:
     hp = ctx.result("tune")["best"]
     folder = ctx.out / "batchnorm"
     result: dict[str, Any] = {"hyperparameters": hp, "target_val_acc": ctx.cfg.target_val_acc}
@@ -146,7 +152,7 @@ def part_batchnorm(ctx: Context) -> dict:
     return result
 
 
-def part_dropout(ctx: Context) -> dict:
+def part_dropout(ctx: CellContext) -> dict:
     """Every dropout rate as one stack (same shape; each member its own rate and stream); the
     tuned model without dropout (from the batch-norm part) is rate 0."""
     hp = ctx.result("tune")["best"]

@@ -21,32 +21,32 @@ from mnistlab import runs
 from mnistlab.executors import Cell
 from mnistlab.progress import default as default_progress
 from mnistlab.studies.digits import source, transfer, tune
-from mnistlab.studies.digits.common import VARIANTS, Context, DigitsConfig
+from mnistlab.studies.digits.common import VARIANTS, CellContext, DigitsConfig
 from mnistlab.studies.opening import Env, open_run
 
 
 @dataclass(frozen=True)
-class Part:
-    """A part of the study: what it needs first and how it is computed."""
+class CellSpec:
+    """One cell of the study: the cells it needs first and how it is computed."""
 
     needs: tuple[str, ...]
-    compute: Callable[[Context], dict]
+    compute: Callable[[CellContext], dict]
     file: str  # its result file, relative to the run folder
 
 
-def _variant(name: str) -> Part:
+def _variant(name: str) -> CellSpec:
     needs = ("tune", "frozen5", "reuse4") if name == "unfreeze2" else ("tune",)
-    return Part(needs, lambda ctx: transfer.part_variant(name, ctx), f"transfer/{name}.json")
+    return CellSpec(needs, lambda ctx: transfer.part_variant(name, ctx), f"transfer/{name}.json")
 
 
-UNITS: dict[str, Part] = {
-    "pretrain": Part((), source.part_pretrain, "pretrain/result.json"),
-    "tune": Part((), tune.part_tune, "tune/result.json"),
-    "batchnorm": Part(("tune",), source.part_batchnorm, "batchnorm/result.json"),
-    "dropout": Part(("tune", "batchnorm"), source.part_dropout, "dropout/result.json"),
+CELLS: dict[str, CellSpec] = {
+    "pretrain": CellSpec((), source.part_pretrain, "pretrain/result.json"),
+    "tune": CellSpec((), tune.part_tune, "tune/result.json"),
+    "batchnorm": CellSpec(("tune",), source.part_batchnorm, "batchnorm/result.json"),
+    "dropout": CellSpec(("tune", "batchnorm"), source.part_dropout, "dropout/result.json"),
     **{v: _variant(v) for v in VARIANTS},
 }
-# What ``--part`` names (the command line's words) → the units it runs.
+# What ``--part`` names (the command line's words) → the cells it runs.
 PARTS: dict[str, tuple[str, ...]] = {
     "pretrain": ("pretrain",),
     "tune": ("tune",),
@@ -67,14 +67,14 @@ def run(
     parts: tuple[str, ...] = tuple(PARTS),
     storage: str | None = None,
 ) -> dict:
-    """Run the requested parts (and what they depend on); return every unit's results.
+    """Run the requested parts (and what they depend on); return every cell's results.
 
     Args:
         config: the study configuration; ``out_dir`` should be ``results/digits/<hash>``.
         parts: any of :data:`PARTS`; dependencies run automatically.
         force: recompute parts whose results already exist.
     """
-    from mnistlab.studies.digits import figures
+    from mnistlab.figures import digits as figures
 
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
@@ -82,51 +82,51 @@ def run(
     opening = open_run(config, out_dir, env, check_counts=True)
     with opening as run_:
         out, device, executor = run_.out, run_.device, run_.executor
-        units = [name for part in parts for name in PARTS[part]]
-        cells = unit_cells(config, out, device, run_.cell_progress, run_.data_dir, units, storage)
+        wanted = [name for part in parts for name in PARTS[part]]
+        cells = cells_for(config, out, device, run_.cell_progress, run_.data_dir, wanted, storage)
         executor.run(cells, root=out)
-        results = {c.key: runs.read_finished(out / UNITS[c.key].file) for c in cells}
+        results = {c.key: runs.read_finished(out / CELLS[c.key].file) for c in cells}
         figures.write_all(out)
         if set(parts) == set(PARTS) and run_.finished is None:
             run_.finish(summarise(results))
         return results
 
 
-def unit_cells(
-    cfg, out: Path, device, progress, data_dir, units: list[str], storage: str | None = None
+def cells_for(
+    cfg, out: Path, device, progress, data_dir, names: list[str], storage: str | None = None
 ) -> list[Cell]:
-    """A cell per unit asked for and per unit they need (each reads what it needs from the
+    """A cell per one asked for and per one they need (each reads what it needs from the
     result files of the cells before it, so it can run in another process)."""
 
     def read(name: str) -> dict:
-        return runs.read_finished(out / UNITS[name].file)
+        return runs.read_finished(out / CELLS[name].file)
 
-    def run_unit(name: str) -> None:
-        ctx = Context(cfg, out, device, progress or default_progress(), data_dir, read, storage)
+    def run_cell(name: str) -> None:
+        ctx = CellContext(cfg, out, device, progress or default_progress(), data_dir, read, storage)
         t0 = time.perf_counter()
-        res = UNITS[name].compute(ctx)
+        res = CELLS[name].compute(ctx)
         res["wall_seconds"] = time.perf_counter() - t0
-        runs.write_json(out / UNITS[name].file, res)
+        runs.write_json(out / CELLS[name].file, res)
         ctx.progress.message(f"digits: {name} done in {res['wall_seconds']:.1f} s")
 
     wanted: list[str] = []
 
     def add(name: str) -> None:
-        for need in UNITS[name].needs:
+        for need in CELLS[name].needs:
             add(need)
         if name not in wanted:
             wanted.append(name)
 
-    for name in units:
+    for name in names:
         add(name)
     gpus = 1.0 if device.type == "cuda" else 0.0
     return [
         Cell(
             name,
-            lambda name=name: run_unit(name),
-            needs=UNITS[name].needs,
+            lambda name=name: run_cell(name),
+            needs=CELLS[name].needs,
             gpus=gpus,
-            done=(out / UNITS[name].file).is_file,
+            done=(out / CELLS[name].file).is_file,
         )
         for name in wanted
     ]

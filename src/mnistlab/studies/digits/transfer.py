@@ -25,7 +25,7 @@ from mnistlab.models.state import load_state_strict
 from mnistlab.stats import mean_ci
 from mnistlab.studies.digits.common import (
     VARIANT_LABELS,
-    Context,
+    CellContext,
     Data,
     DigitsConfig,
     load_digits,
@@ -74,6 +74,17 @@ class Reused(nn.Module):
         return self.head(self.features(x))
 
 
+def transfer_schedule(cfg: DigitsConfig) -> Schedule:
+    """One stopping rule for every transfer variant, as specified and best alike."""
+    return Schedule(
+        epochs=cfg.transfer_max_epochs,
+        batch_size=cfg.transfer_batch_size,
+        patience=cfg.transfer_patience,
+        min_delta=cfg.transfer_min_delta,
+        restore_best=True,
+    )
+
+
 def new_head(width: int, n_classes: int, seed: int) -> nn.Linear:
     """A fresh Xavier-initialised output layer; the same seed gives the same layer."""
     head = nn.Linear(width, n_classes)
@@ -99,7 +110,7 @@ class Plan:
     lr: float
 
 
-def _plan(variant: str, ctx: Context, source: MLP) -> tuple[Plan, dict[str, Any]]:
+def _plan(variant: str, ctx: CellContext, source: MLP) -> tuple[Plan, dict[str, Any]]:
     cfg = ctx.cfg
     k = len(parse_digits(cfg.target_digits))
     if variant == "scratch":
@@ -138,7 +149,7 @@ def frozen_trunk(
     return prepare
 
 
-def part_variant(variant: str, ctx: Context) -> dict:
+def part_variant(variant: str, ctx: CellContext) -> dict:
     """All seeds of one variant as one stack."""
     cfg = ctx.cfg
     hp = ctx.result("tune")["best"]
@@ -193,7 +204,7 @@ def _inputs(variant: str, plan: Plan, source: MLP, target: Data, device: torch.d
     return pool, prepare
 
 
-def _train(variant, plan: Plan, models, splits, pool, prepare, hp, ctx: Context) -> StackResult:
+def _train(variant, plan: Plan, models, splits, pool, prepare, hp, ctx: CellContext) -> StackResult:
     cfg = ctx.cfg
     any_model = next(iter(models.values()))
     prefix = "hidden" if variant == "scratch" else "stack"
@@ -214,13 +225,7 @@ def _train(variant, plan: Plan, models, splits, pool, prepare, hp, ctx: Context)
         StackedMLP(shape, prefix, plan.frozen),
         members,
         pool,
-        Schedule(
-            epochs=cfg.transfer_max_epochs,
-            batch_size=cfg.transfer_batch_size,
-            patience=cfg.transfer_patience,
-            min_delta=cfg.transfer_min_delta,
-            restore_best=True,
-        ),
+        transfer_schedule(cfg),
         trainable={n for n, p in any_model.named_parameters() if p.requires_grad},
         device=ctx.device,
         prepare=prepare,

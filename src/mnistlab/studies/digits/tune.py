@@ -33,7 +33,7 @@ from mnistlab.data import stratified_kfold
 from mnistlab.errors import CorruptFileError, MnistlabError
 from mnistlab.models.mlp import MLP, MLPConfig, StackedMLP, build_mlp
 from mnistlab.stats import mean_sd
-from mnistlab.studies.digits.common import Context, mlp_config, test_metrics, to_flat
+from mnistlab.studies.digits.common import CellContext, mlp_config, test_metrics, to_flat
 from mnistlab.train.augment import Augment
 from mnistlab.train.checkpoint import save_checkpoint
 from mnistlab.train.engine import EpochInfo, Member, Pool, Schedule, train_stack
@@ -230,7 +230,7 @@ def recipe(cfg, hp: dict[str, Any]) -> tuple[MLPConfig, Member, str]:
 
 
 def run_trial(
-    ctx: Context,
+    ctx: CellContext,
     trial: optuna.Trial,
     hp: dict[str, Any],
     *,
@@ -284,7 +284,7 @@ def run_trial(
 
 
 def optimise(
-    ctx: Context,
+    ctx: CellContext,
     tuning: Tuning,
     *,
     budget: int,
@@ -397,7 +397,7 @@ def _heartbeat(tuning: Tuning, number: int):
 
 
 def retrain(
-    ctx: Context, hp: dict[str, Any], epochs: int, horizon: int | None = None
+    ctx: CellContext, hp: dict[str, Any], epochs: int, horizon: int | None = None
 ) -> tuple[MLP, float]:
     """The chosen configuration on every source training image for ``epochs`` epochs (no
     validation data is left to stop on: the folds' mean best epoch count decides; a cosine
@@ -407,7 +407,7 @@ def retrain(
 
 
 def retrain_together(
-    ctx: Context, hps: list[dict[str, Any]], epochs: int, horizon: int | None = None
+    ctx: CellContext, hps: list[dict[str, Any]], epochs: int, horizon: int | None = None
 ) -> tuple[list[MLP], float]:
     """Several configurations of one shape and schedule (they may differ in lr, L2, dropout
     rate and augmentation) retrained as one stack, all seeded alike."""
@@ -445,7 +445,7 @@ def retrain_together(
     return models, res.seconds
 
 
-def part_tune(ctx: Context) -> dict:
+def part_tune(ctx: CellContext) -> dict:
     """Tune, then retrain the best configuration on the whole source training set for the
     folds' mean best epoch count (no validation data is left to stop on)."""
     cfg = ctx.cfg

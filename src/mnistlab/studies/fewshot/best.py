@@ -34,8 +34,8 @@ from mnistlab.progress import Progress
 from mnistlab.stats import mean_ci
 from mnistlab.studies.fewshot.common import FewshotConfig
 from mnistlab.studies.fewshot.pool import feature_pool
-from mnistlab.studies.fewshot.study import backbone_cells, size_rows
-from mnistlab.studies.opening import Env, open_run
+from mnistlab.studies.fewshot.study import run_backbones, size_rows
+from mnistlab.studies.opening import Env, StudyRun, open_run
 from mnistlab.train.devices import pick_device
 from mnistlab.train.probes import fit_probes, probe_scores
 
@@ -252,23 +252,15 @@ def run(
     skip_missing: bool = False,
 ) -> schemas.FewshotBestMetrics:
     """Search and score every backbone (one cell each); results to ``out_dir``."""
-    opening = open_run(config, out_dir, env)
-    with opening as run_:
-        if run_.finished is not None:
-            return run_.finished
-        out, executor = run_.out, run_.executor
-        cells = backbone_cells(
-            run_backbone, config, out, run_.cell_progress, run_.data_dir, skip_missing
-        )
-        done = executor.run(cells, root=out)
-        results = {n: r for n, r in done.items() if "skipped" not in r}
-        skipped = {n: r["skipped"] for n, r in done.items() if "skipped" in r}
-        runs.write_json(out / "search.json", {"backbones": results})
-        return run_.finish(
-            {
-                "backbones": {
-                    n: {k: v for k, v in r.items() if k != "rows"} for n, r in results.items()
-                },
-                "skipped": skipped,
-            }
-        )
+    with open_run(config, out_dir, env) as run_:
+        return run_.finished or run_.finish(_compute(config, run_, skip_missing))
+
+
+def _compute(config, run_: StudyRun, skip_missing: bool) -> dict:
+    """The study's work inside its opened run folder; returns its metrics."""
+    results, skipped = run_backbones(run_backbone, config, run_, skip_missing)
+    runs.write_json(run_.out / "search.json", {"backbones": results})
+    return {
+        "backbones": {n: {k: v for k, v in r.items() if k != "rows"} for n, r in results.items()},
+        "skipped": skipped,
+    }

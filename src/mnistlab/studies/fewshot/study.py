@@ -29,7 +29,7 @@ from mnistlab.progress import default as default_progress
 from mnistlab.stats import mean_ci
 from mnistlab.studies.fewshot.common import FewshotConfig
 from mnistlab.studies.fewshot.pool import feature_pool
-from mnistlab.studies.opening import Env, open_run
+from mnistlab.studies.opening import Env, StudyRun, open_run
 from mnistlab.train.devices import pick_device
 from mnistlab.train.engine import Member
 
@@ -138,6 +138,16 @@ def mean_curves(curves: list[dict], sizes: tuple[int, ...]) -> dict[str, list[fl
     return out
 
 
+def run_backbones(
+    run_one, cfg, run_: StudyRun, skip_missing: bool
+) -> tuple[dict[str, dict], dict[str, str]]:
+    """Every backbone as a cell; the finished ones' results and the skipped ones' reasons."""
+    cells = backbone_cells(run_one, cfg, run_.out, run_.cell_progress, run_.data_dir, skip_missing)
+    done = run_.executor.run(cells, root=run_.out)
+    results = {n: r for n, r in done.items() if "skipped" not in r}
+    return results, {n: r["skipped"] for n, r in done.items() if "skipped" in r}
+
+
 def backbone_cells(run_one, cfg, out: Path, progress, data_dir, skip_missing: bool) -> list[Cell]:
     """One cell per backbone (its features and every head); a backbone without weights is
     ``{"skipped": reason}`` when ``skip_missing``."""
@@ -194,36 +204,28 @@ def run(
 ) -> schemas.FewshotMetrics:
     """Run every backbone (one cell each); with ``skip_missing`` a backbone without weights is
     skipped (and recorded with the reason) instead of failing the whole study.
-
-    Args:
-        config: the study configuration; ``out_dir`` is ``results/fewshot/<config-hash>``.
-        force: recompute (features stay cached: they are keyed by every input that shapes them).
+    Features stay cached across ``env.force``: they are keyed by every input that shapes them.
     """
-    from mnistlab.studies.fewshot import figures
+    with open_run(config, out_dir, env) as run_:
+        return run_.finished or run_.finish(_compute(config, run_, skip_missing))
 
-    opening = open_run(config, out_dir, env)
-    with opening as run_:
-        if run_.finished is not None:
-            return run_.finished
-        out, progress, executor = run_.out, run_.progress, run_.executor
-        cells = backbone_cells(
-            run_backbone, config, out, run_.cell_progress, run_.data_dir, skip_missing
-        )
-        done = executor.run(cells, root=out)
-        results = {n: r for n, r in done.items() if "skipped" not in r}
-        skipped = {n: r["skipped"] for n, r in done.items() if "skipped" in r}
-        for name, reason in skipped.items():
-            progress.message(f"fewshot: skipping {name}: {reason}")
-        figures.write_all(out, results, config.sizes)
-        metrics = {
-            "backbones": {
-                n: {k: v for k, v in r.items() if k != "rows"} for n, r in results.items()
-            },
-            "skipped": skipped,
-            "lr": config.lr,
-            "near_best": NEAR_BEST,
-        }
-        return run_.finish(metrics)
+
+def _compute(config, run_: StudyRun, skip_missing: bool) -> dict:
+    """The study's work inside its opened run folder; returns its metrics."""
+    from mnistlab.figures import fewshot as figures
+
+    out = run_.out
+    results, skipped = run_backbones(run_backbone, config, run_, skip_missing)
+    for name, reason in skipped.items():
+        run_.progress.message(f"fewshot: skipping {name}: {reason}")
+    figures.write_all(out, results, config.sizes)
+    metrics = {
+        "backbones": {n: {k: v for k, v in r.items() if k != "rows"} for n, r in results.items()},
+        "skipped": skipped,
+        "lr": config.lr,
+        "near_best": NEAR_BEST,
+    }
+    return metrics
 
 
 __all__ = ["FewshotConfig", "aggregate", "run", "run_backbone"]

@@ -5,9 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from mnistlab.data import KINDS
 from mnistlab.plotting import KIND_COLOURS, image_grid, plt, save_figure
 
 _PARAMS = ("rotation_deg", "scale_x", "scale_y", "shear", "tx", "ty")
@@ -15,42 +13,31 @@ _PARAMS = ("rotation_deg", "scale_x", "scale_y", "shear", "tx", "ty")
 
 def theta_figures(
     out: Path,
-    parts: dict[str, torch.Tensor],
-    images: torch.Tensor,
-    warped: torch.Tensor,
-    k: int = 6,
-) -> dict[str, list[int]]:
-    """Histograms of every θ component, and for each deformation type the ``k`` test images
-    where the STN applies the most of it (input beside output). Returns the indices shown."""
+    parts: dict[str, np.ndarray],
+    images: np.ndarray,
+    warped: np.ndarray,
+    examples: dict[str, list[int]],
+) -> None:
+    """Histograms of every θ component, and for each deformation type the test images where
+    the STN applies the most of it (``examples``: their indices), input beside output."""
     fig, axes = plt.subplots(2, 3, figsize=(11, 5.5))
     for ax, name in zip(axes.flat, _PARAMS, strict=True):
-        ax.hist(parts[name].numpy(), bins=60, color="#4c72b0")
+        ax.hist(parts[name], bins=60, color="#4c72b0")
         ax.set_title(name, fontsize=9)
         ax.axvline({"scale_x": 1, "scale_y": 1}.get(name, 0), color="k", lw=0.8, ls=":")
     fig.suptitle("STN θ on the test set (dotted: identity)")
     fig.tight_layout()
     save_figure(fig, out / "theta_hist")
-    iso = torch.sqrt(parts["scale_x"].abs() * parts["scale_y"].abs())
-    scores = {
-        "rotation": parts["rotation_deg"].abs(),
-        "zoom": (iso.log()).abs(),
-        "shear": parts["shear"].abs(),
-        "translation": torch.sqrt(parts["tx"] ** 2 + parts["ty"] ** 2),
-    }
-    examples = {}
-    rows, labels = [], []
-    for name, score in scores.items():
-        idx = torch.argsort(score, descending=True)[:k]
-        examples[name] = idx.tolist()
-        rows.append(
-            np.stack([np.concatenate([images[i].numpy(), warped[i].numpy()], axis=1) for i in idx])
-        )
-        labels.append(name)
-    grid = np.stack(rows)  # [types, k, 28, 56]: input | output side by side
-    fig = image_grid(grid, row_labels=labels)
+    fig = image_grid(_pairs(images, warped, examples.values()), row_labels=list(examples))
     fig.suptitle("largest deformations: input | STN output", fontsize=9)
     save_figure(fig, out / "theta_examples")
-    return examples
+
+
+def _pairs(images: np.ndarray, warped: np.ndarray, rows) -> np.ndarray:
+    """``[rows, k, 28, 56]``: each chosen image beside the STN's output."""
+    return np.stack(
+        [np.stack([np.concatenate([images[i], warped[i]], axis=1) for i in idx]) for idx in rows]
+    )
 
 
 def accuracy_curves(
@@ -85,21 +72,13 @@ def accuracy_curves(
 
 def kind_examples(
     out: Path,
-    images: torch.Tensor,
-    warped: torch.Tensor,
-    kind: torch.Tensor,
-    names: tuple[str, ...],
-    k: int = 8,
+    images: np.ndarray,
+    warped: np.ndarray,
+    shown: dict[str, list[int]],
     stem: str = "deform_examples",
 ) -> None:
-    """For each kind: ``k`` test images, input beside the STN's output."""
-    rows = []
-    for name in names:
-        idx = torch.nonzero(kind == KINDS.index(name)).flatten()[:k]
-        rows.append(
-            np.stack([np.concatenate([images[i].numpy(), warped[i].numpy()], axis=1) for i in idx])
-        )
-    fig = image_grid(np.stack(rows), row_labels=list(names))
+    """For each kind: the test images ``shown[kind]``, input beside the STN's output."""
+    fig = image_grid(_pairs(images, warped, shown.values()), row_labels=list(shown))
     fig.suptitle("input | STN output", fontsize=9)
     save_figure(fig, out / stem)
 

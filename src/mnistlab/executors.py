@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,27 +58,36 @@ def host_info() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid(), "ray_node": node}
 
 
-def _order(cells: Sequence[Cell]) -> list[Cell]:
-    """Dependency order (a cell after everything it needs); unknown needs are an error."""
-    by_key = {c.key: c for c in cells}
-    out: list[Cell] = []
-    seen: set[str] = set()
+def dependency_order(keys: Iterable[str], needs: Callable[[str], Sequence[str]]) -> list[str]:
+    """``keys`` and everything they need, each after what it needs (the one place where cell
+    dependencies are resolved); a cycle or an unknown need is an error."""
+    out: list[str] = []
 
-    def visit(c: Cell, path: tuple[str, ...]) -> None:
-        if c.key in seen:
+    def visit(key: str, path: tuple[str, ...]) -> None:
+        if key in out:
             return
-        if c.key in path:
+        if key in path:
             raise ValueError(f"cells depend on each other in a cycle: {' → '.join(path)}")
-        for need in c.needs:
-            if need not in by_key:
-                raise ValueError(f"cell {c.key} needs unknown cell {need}")
-            visit(by_key[need], (*path, c.key))
-        seen.add(c.key)
-        out.append(c)
+        for need in needs(key):
+            visit(need, (*path, key))
+        out.append(key)
 
-    for c in cells:
-        visit(c, ())
+    for key in keys:
+        visit(key, ())
     return out
+
+
+def _order(cells: Sequence[Cell]) -> list[Cell]:
+    """The cells in dependency order (a cell after everything it needs)."""
+    by_key = {c.key: c for c in cells}
+
+    def needs(key: str) -> Sequence[str]:
+        unknown = [n for n in by_key[key].needs if n not in by_key]
+        if unknown:
+            raise ValueError(f"cell {key} needs unknown cell {unknown[0]}")
+        return by_key[key].needs
+
+    return [by_key[k] for k in dependency_order(by_key, needs)]
 
 
 class LocalExecutor:

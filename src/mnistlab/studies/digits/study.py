@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mnistlab import runs
-from mnistlab.executors import Cell
+from mnistlab.executors import Cell, dependency_order
 from mnistlab.progress import default as default_progress
 from mnistlab.studies.digits import source, transfer, tune
 from mnistlab.studies.digits.common import VARIANTS, CellContext, DigitsConfig
@@ -109,16 +109,7 @@ def cells_for(
         runs.write_json(out / CELLS[name].file, res)
         ctx.progress.message(f"digits: {name} done in {res['wall_seconds']:.1f} s")
 
-    wanted: list[str] = []
-
-    def add(name: str) -> None:
-        for need in CELLS[name].needs:
-            add(need)
-        if name not in wanted:
-            wanted.append(name)
-
-    for name in names:
-        add(name)
+    wanted = dependency_order(names, lambda name: CELLS[name].needs)
     gpus = 1.0 if device.type == "cuda" else 0.0
     return [
         Cell(

@@ -3,41 +3,14 @@
 import pytest
 import torch
 
+from mnistlab import registry
 from mnistlab.studies.digits import best as digits_best
 from mnistlab.studies.fewshot import best as fewshot_best
 from mnistlab.train.probes import fit_probes
 
-FEWSHOT = dict(
-    backbones=("resnet18",),
-    sizes=(2, 4),
-    seeds=2,
-    epochs=4,
-    val_per_class=3,
-    lr_grid=(1e-3,),
-    weights=(("*", "random"),),
-    test_limit=60,
-    image_size=32,
-    extract_batch=32,
-    device="cpu",
-    c_grid=(0.1, 1.0, 10.0),
-    lbfgs_iters=30,
-)
-DIGITS = dict(
-    limit=4000,
-    folds=2,
-    transfer_seeds=2,
-    transfer_max_epochs=12,
-    transfer_patience=3,
-    per_digit=20,
-    val_per_digit=20,
-    best_trials=3,
-    best_max_epochs=2,
-    head_lrs=(1e-2,),
-    head_l2s=(0.0, 1e-4),
-    head_augments=("none", "shift2-rot10"),
-    unfreeze_factors=(0.1, 1.0),
-    device="cpu",
-)
+# The registry's tiny profile (the test suite's runs) of both best protocols.
+FEWSHOT = {**registry.get("fewshot-best").tiny, "device": "cpu"}
+DIGITS = {**registry.get("digits-best").tiny, "device": "cpu"}
 
 
 @pytest.fixture

@@ -13,56 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnistlab import runs
+from mnistlab import registry, runs
 from mnistlab.cli import main
 from mnistlab.report import sections
 from mnistlab.report.build import build_report
 from mnistlab.stats import pack_correct, unpack_correct
-from mnistlab.studies import digits, fewshot, stn, stn_deform
-from mnistlab.studies.digits import best as digits_best
-from mnistlab.studies.fewshot import best as fewshot_best
-
-from .test_best import DIGITS as DIGITS_BEST
-from .test_best import FEWSHOT as FEWSHOT_BEST
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-STUDY_CONFIGS = {
-    # the best protocol's tiny few-shot config without its search, with 3 seeds for the tests
-    "fewshot": fewshot.FewshotConfig(
-        **{k: v for k, v in FEWSHOT_BEST.items() if k not in ("c_grid", "lbfgs_iters")}
-        | {"seeds": 3, "val_per_class": 2}
-    ),
-    "stn": stn.STNConfig(
-        epochs=2, seeds=2, limit_train=400, limit_test=200, train_eval_size=100, device="cpu"
-    ),
-    "stn-deform": stn_deform.STNDeformConfig(
-        epochs=1, limit_train=200, limit_test=100, train_eval_size=100, device="cpu"
-    ),
-    "digits": digits.DigitsConfig(
-        limit=4000,
-        trials=2,
-        folds=2,
-        tune_max_epochs=2,
-        max_epochs=3,
-        transfer_seeds=3,
-        transfer_max_epochs=15,
-        transfer_patience=4,
-        per_digit=20,
-        val_per_digit=20,
-        dropout_rates=(0.2, 0.5),
-        device="cpu",
-    ),
-}
-STUDY_CONFIGS["fewshot-best"] = fewshot_best.FewshotBestConfig(**FEWSHOT_BEST)
-STUDY_CONFIGS["digits-best"] = digits_best.DigitsBestConfig(**DIGITS_BEST)
-RUN = {
-    "fewshot": fewshot.run,
-    "stn": stn.run,
-    "stn-deform": stn_deform.run,
-    "digits": digits.run,
-    "fewshot-best": fewshot_best.run,
-    "digits-best": digits_best.run,
-}
+STUDY_CONFIGS = registry.profile_configs("tiny", device="cpu")  # both protocols, run order
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +30,7 @@ def results(tmp_path_factory, mnist):
     folders = {}
     for study, cfg in STUDY_CONFIGS.items():
         folder = runs.run_dir(root, study, cfg)
-        RUN[study](cfg, folder)
+        registry.get(study).run(cfg, folder)
         folders[study] = str(folder.relative_to(root))
     runs.write_json(
         root / runs.MANIFEST,

@@ -126,7 +126,7 @@ def test_every_study_is_complete_in_the_registry():
             assert names.index(study.baseline) < names.index(study.name)
 
 
-@pytest.mark.parametrize("profile", registry.PROFILES)
+@pytest.mark.parametrize("profile", (*registry.PROFILES, "tiny"))
 def test_every_profile_builds_a_config_for_every_study(profile):
     configs = registry.profile_configs(profile, seed=3, device="cpu")
     assert list(configs) == [s.name for s in registry.in_protocol("both")]

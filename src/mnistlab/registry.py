@@ -45,6 +45,7 @@ class Study:
     report_path: str  # "module:builder" — builder(folder, baseline) -> Section | [Section]
     summary: Callable[[dict[str, Any]], str]  # one line from the finished run's metrics
     quick: Mapping[str, Any] = field(default_factory=dict)  # quick-profile overrides
+    tiny: Mapping[str, Any] = field(default_factory=dict)  # the test suite's seconds-long runs
     options: tuple[str, ...] = ()  # extra option groups of the CLI (``cli.OPTION_GROUPS``)
     in_suite: Mapping[str, Any] = field(default_factory=dict)  # run kwargs inside ``run all``
     baseline: str | None = None  # the as-specified study a best protocol is compared with
@@ -137,17 +138,43 @@ _QUICK_DIGITS = {
     "dropout_rates": (0.1, 0.3),
 }
 _QUICK_STN = {"epochs": 3, "limit_train": 10_000, "limit_test": 2000}
-_SKIP_MISSING = {"skip_missing": True}  # run all skips a backbone without weights, with reason
+_SKIP_MISSING = {"skip_missing": True}
+# Tiny: random-weight ResNet-18 on 32×32 inputs, a few hundred images — the test suite runs
+# every study this way to check files, schemas, report and resume, never the numbers.
+_TINY_FEWSHOT = {
+    "backbones": ("resnet18",),
+    "sizes": (2, 4),
+    "seeds": 2,
+    "epochs": 4,
+    "val_per_class": 3,
+    "lr_grid": (1e-3,),
+    "weights": (("*", "random"),),
+    "test_limit": 60,
+    "image_size": 32,
+    "extract_batch": 32,
+}
+_TINY_DIGITS = {
+    "limit": 4000,
+    "folds": 2,
+    "transfer_seeds": 2,
+    "transfer_max_epochs": 12,
+    "transfer_patience": 3,
+    "per_digit": 20,
+    "val_per_digit": 20,
+}  # run all skips a backbone without weights, with reason
 
 
 def _entry(name: str, module: str, config: str, section: str, **kw: Any) -> Study:
+    """``module`` under ``mnistlab.studies``; ``section``: ``"module:builder"`` under
+    ``mnistlab.report.sections``."""
     kw["quick"] = MappingProxyType(kw.get("quick", {}))
+    kw["tiny"] = MappingProxyType(kw.get("tiny", {}))
     kw["in_suite"] = MappingProxyType(kw.get("in_suite", {}))
     return Study(
         name=name,
         config_path=f"mnistlab.studies.{module}:{config}",
         run_path=f"mnistlab.studies.{module}:run",
-        report_path=f"mnistlab.report.sections:{section}",
+        report_path=f"mnistlab.report.sections.{section}",
         **kw,
     )
 
@@ -157,13 +184,14 @@ _STUDIES = (
         "fewshot",
         "fewshot.study",
         "FewshotConfig",
-        "fewshot",
+        "fewshot:fewshot",
         title="Few-shot ImageNet transfer",
         help="few-shot transfer: new 10-way layer on frozen ImageNet nets",
         protocol="specified",
         summary=_fewshot_line,
         metrics=schemas.FewshotMetrics,
         quick=_QUICK_FEWSHOT,
+        tiny={**_TINY_FEWSHOT, "seeds": 3, "val_per_class": 2},
         options=("backbones",),
         in_suite=_SKIP_MISSING,
     ),
@@ -171,13 +199,14 @@ _STUDIES = (
         "fewshot-best",
         "fewshot.best",
         "FewshotBestConfig",
-        "fewshot_best",
+        "fewshot:fewshot_best",
         title="Few-shot: the best honest protocol",
         help="few-shot: the best honest head (chosen on validation) on the same frozen features",
         protocol="best",
         summary=_fewshot_best_line,
         metrics=schemas.FewshotBestMetrics,
         quick=_QUICK_FEWSHOT,
+        tiny={**_TINY_FEWSHOT, "c_grid": (0.1, 1.0, 10.0), "lbfgs_iters": 30},
         options=("backbones",),
         in_suite=_SKIP_MISSING,
         baseline="fewshot",
@@ -186,44 +215,62 @@ _STUDIES = (
         "stn",
         "stn",
         "STNConfig",
-        "stn",
+        "stn:stn",
         title="Spatial transformer network on MNIST",
         help="spatial transformer vs plain CNN on MNIST; what it learns",
         protocol="specified",
         summary=_stn_line,
         metrics=schemas.STNMetrics,
         quick={**_QUICK_STN, "seeds": 1, "train_eval_size": 2000},
+        tiny={
+            "epochs": 2,
+            "seeds": 2,
+            "limit_train": 400,
+            "limit_test": 200,
+            "train_eval_size": 100,
+        },
     ),
     _entry(
         "stn-deform",
         "stn_deform",
         "STNDeformConfig",
-        "stn_deform",
+        "stn:stn_deform",
         title="STN on MNIST with elastic and zoom-out copies",
         help="STN on MNIST + elastic + zoom-out copies (60k → 180k)",
         protocol="specified",
         summary=_deform_line,
         metrics=schemas.STNDeformMetrics,
         quick={**_QUICK_STN, "train_eval_size": 3000},
+        tiny={"epochs": 1, "limit_train": 200, "limit_test": 100, "train_eval_size": 100},
     ),
     _entry(
         "digits",
         "digits.study",
         "DigitsConfig",
-        "digits",
+        "digits:digits",
         title="Digits: the 5×100 MLP, tuning, batch norm, dropout",
         help="MLP on digits 0–4, tuning, BN, dropout, transfer to 5–9",
         protocol="specified",
         summary=_digits_line,
         metrics=schemas.DigitsMetrics,
         quick=_QUICK_DIGITS,
+        tiny={
+            **_TINY_DIGITS,
+            "trials": 2,
+            "tune_max_epochs": 2,
+            "max_epochs": 3,
+            "transfer_seeds": 3,
+            "transfer_max_epochs": 15,
+            "transfer_patience": 4,
+            "dropout_rates": (0.2, 0.5),
+        },
         options=("parts",),
     ),
     _entry(
         "digits-best",
         "digits.best",
         "DigitsBestConfig",
-        "digits_best",
+        "digits:digits_best",
         title="Digits: the best honest protocol",
         help="digits: wider cross-validated search and validation-chosen transfer recipes",
         protocol="best",
@@ -235,6 +282,15 @@ _STUDIES = (
             "best_max_epochs": 6,
             "head_lrs": (1e-2,),
             "head_l2s": (0.0,),
+            "unfreeze_factors": (0.1, 1.0),
+        },
+        tiny={
+            **_TINY_DIGITS,
+            "best_trials": 3,
+            "best_max_epochs": 2,
+            "head_lrs": (1e-2,),
+            "head_l2s": (0.0, 1e-4),
+            "head_augments": ("none", "shift2-rot10"),
             "unfreeze_factors": (0.1, 1.0),
         },
         baseline="digits",
@@ -263,14 +319,13 @@ def in_protocol(protocol: str) -> list[Study]:
 def profile_configs(
     profile: str, seed: int = 0, device: str = "auto", protocol: str = "both"
 ) -> dict[str, Any]:
-    """The config of every study of ``protocol`` under ``profile``, in run order."""
-    if profile not in PROFILES:
+    """The config of every study of ``protocol`` under ``profile``, in run order (``"tiny"``:
+    the test suite's runs, not offered on the command line)."""
+    if profile not in (*PROFILES, "tiny"):
         raise MnistlabError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
     common = {"seed": seed, "device": device}
-    return {
-        s.name: s.config(**common, **(s.quick if profile == "quick" else {}))
-        for s in in_protocol(protocol)
-    }
+    overrides = {"quick": lambda s: s.quick, "tiny": lambda s: s.tiny}.get(profile, lambda s: {})
+    return {s.name: s.config(**common, **overrides(s)) for s in in_protocol(protocol)}
 
 
 def summary_line(name: str, metrics: dict[str, Any]) -> str:

@@ -68,26 +68,23 @@ def _fewshot_choices(metrics):
     return {name: [row["chosen"] for row in r["table"]] for name, r in metrics["backbones"].items()}
 
 
-def test_fewshot_best_chooses_on_validation_only(tmp_path, mnist, tmp_cache, request):
+def test_fewshot_best_chooses_on_validation_only_and_resumes(
+    tmp_path, mnist, tmp_cache, request, monkeypatch
+):
     cfg = fewshot_best.FewshotBestConfig(**FEWSHOT)
     m = fewshot_best.run(cfg, tmp_path / "a")
     table = m["backbones"]["resnet18"]["table"]
     assert [row["size"] for row in table] == [2, 4] and all(row["seeds"] == 2 for row in table)
     assert all(0 <= row["test_acc"][0] <= 1 for row in table)
     assert (tmp_path / "a" / "search.json").is_file()  # every seed's choice is stored
-    request.getfixturevalue("garbage_test_labels")
-    g = fewshot_best.run(cfg, tmp_path / "b")
-    assert _fewshot_choices(g) == _fewshot_choices(m)  # same choices, other test scores
-
-
-def test_fewshot_best_resumes_to_the_uninterrupted_result(tmp_path, mnist, tmp_cache, monkeypatch):
-    cfg = fewshot_best.FewshotBestConfig(**FEWSHOT)
-    clean = fewshot_best.run(cfg, tmp_path / "clean")
     real = _interrupted_on(monkeypatch, fewshot_best, "_probe_grid", 2)  # in the second size
     with pytest.raises(KeyboardInterrupt):
         fewshot_best.run(cfg, tmp_path / "resumed")
     monkeypatch.setattr(fewshot_best, "_probe_grid", real)
-    assert _numbers(fewshot_best.run(cfg, tmp_path / "resumed")) == _numbers(clean)
+    assert _numbers(fewshot_best.run(cfg, tmp_path / "resumed")) == _numbers(m)
+    request.getfixturevalue("garbage_test_labels")
+    g = fewshot_best.run(cfg, tmp_path / "b")
+    assert _fewshot_choices(g) == _fewshot_choices(m)  # same choices, other test scores
 
 
 def test_probe_fits_match_the_primal_solution():
@@ -126,23 +123,13 @@ def test_probe_fits_match_the_primal_solution():
     assert float((w[0, 0] - wp.detach()).norm()) <= (2 * 1e-6 / lam) ** 0.5
 
 
-def test_digits_best_chooses_on_validation_only(tmp_path, mnist, request):
+def test_digits_best_chooses_on_validation_only_and_resumes(tmp_path, mnist, request, monkeypatch):
+    from mnistlab.studies.digits import tune
+
     cfg = digits_best.DigitsBestConfig(**DIGITS)
     m = digits_best.run(cfg, tmp_path / "a")
     assert set(m["transfer"]) == {"frozen5", "reuse4", "unfreeze2"}
     assert "best" in m["source"] and "plain" in m["source"]
-    request.getfixturevalue("garbage_test_labels")
-    g = digits_best.run(cfg, tmp_path / "b")
-    assert g["search"]["params"] == m["search"]["params"]
-    for v in m["transfer"]:
-        assert g["transfer"][v]["chosen"] == m["transfer"][v]["chosen"]
-
-
-def test_digits_best_resumes_to_the_uninterrupted_result(tmp_path, mnist, monkeypatch):
-    from mnistlab.studies.digits import tune
-
-    cfg = digits_best.DigitsBestConfig(**DIGITS)
-    clean = digits_best.run(cfg, tmp_path / "clean")
     real = _interrupted_on(monkeypatch, tune, "run_trial", 2)  # in the search's second trial
     with pytest.raises(KeyboardInterrupt):
         digits_best.run(cfg, tmp_path / "resumed")
@@ -151,4 +138,9 @@ def test_digits_best_resumes_to_the_uninterrupted_result(tmp_path, mnist, monkey
     with pytest.raises(KeyboardInterrupt):
         digits_best.run(cfg, tmp_path / "resumed")
     monkeypatch.setattr(digits_best, "_unfreeze", real)
-    assert _numbers(digits_best.run(cfg, tmp_path / "resumed")) == _numbers(clean)
+    assert _numbers(digits_best.run(cfg, tmp_path / "resumed")) == _numbers(m)
+    request.getfixturevalue("garbage_test_labels")
+    g = digits_best.run(cfg, tmp_path / "b")
+    assert g["search"]["params"] == m["search"]["params"]
+    for v in m["transfer"]:
+        assert g["transfer"][v]["chosen"] == m["transfer"][v]["chosen"]

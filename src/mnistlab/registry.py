@@ -1,12 +1,11 @@
-"""Every study, once: its name, title, protocol, config, run function, report section,
-quick-profile overrides and summary line.
+"""Every study, once: its name, title, protocol, config, run function, report builder,
+metrics schema, profiles (quick, and the test suite's tiny) and summary line.
 
 The command line's choices, ``run all`` (its order and manifest), the report's order and
-titles, and the summary lines all read this one table, so adding a study is one module (a
-config dataclass and ``run``), one report builder and one :class:`Study` entry here. It stays
-free of torch: study and report modules are named by import path and loaded only when a study
-runs or a report is built (``mnistlab report`` and ``--help`` of other commands never pay for
-torch).
+titles, the summary lines and the structure, schema and hostile-input tests all read this one
+table, so adding a study is its module, its report builder and schema, and one :class:`Study`
+entry here. It stays free of torch: study and report modules are named by import path and
+loaded only when a study runs or a report is built (``mnistlab report`` never imports torch).
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ class Study:
     help: str  # one line for ``mnistlab run --help``
     protocol: str  # "specified" (the questions as asked) or "best" (the best honest protocol)
     config_path: str  # "module:ConfigClass"
-    run_path: str  # "module:run" — run(config, out_dir, *, progress, force, data_dir, executor)
+    run_path: str  # "module:run" — run(config, out_dir, env=None, **options)
     report_path: str  # "module:builder" — builder(folder, baseline) -> Section | [Section]
     summary: Callable[[dict[str, Any]], str]  # one line from the finished run's metrics
     quick: Mapping[str, Any] = field(default_factory=dict)  # quick-profile overrides

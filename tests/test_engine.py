@@ -97,31 +97,43 @@ def test_stacked_mlp_matches_solo_in_train_and_eval_mode(bn):
             )
 
 
+def by_hand(m, sched: Schedule, make_opt):
+    """Member ``m`` trained alone with torch.optim in the engine's batch order, its lr set from
+    the schedule at the start of each epoch: the reference the stack must equal."""
+    pool = _data()
+    head = new_linear(32, 5, m.seed)
+    opt = make_opt(head, m)
+    order = torch.Generator().manual_seed(_derive(m.seed, "order"))
+    for epoch in range(1, sched.epochs + 1):
+        for group in opt.param_groups:
+            group["lr"] = m.lr * sched.lr_factor(epoch)
+        perm = torch.randperm(len(m.train), generator=order)
+        for lo in range(0, len(m.train), sched.batch_size):
+            idx = m.train[perm[lo : lo + sched.batch_size]]
+            opt.zero_grad()
+            F.cross_entropy(head(pool.x[idx]), pool.y[idx]).backward()
+            opt.step()
+    return head.state_dict()
+
+
+def adam(head, m):
+    return torch.optim.Adam(
+        [{"params": [head.weight], "weight_decay": m.weight_decay}, {"params": [head.bias]}],
+        lr=m.lr,
+    )
+
+
 def test_each_member_trains_as_it_would_alone_and_as_torch_optim():
     """Ragged training sets (100/90/137), per-member lr and L2: stacked = alone = torch.optim."""
     members = [_head(0, 1e-2, 100, 1e-3), _head(1, 3e-3, 90), _head(2, 1e-3, 137, 1e-4)]
     sched = Schedule(epochs=4, batch_size=32)
     stacked = _heads(members, sched)
-    pool = _data()
     for k, m in enumerate(members):
         alone = _heads([m], sched)
         for a, b in zip(stacked.rows(k), alone.rows(0), strict=True):
             assert abs(a["val_loss"] - b["val_loss"]) < TOL and a["test_acc"] == b["test_acc"]
         assert _close(stacked.states[k], alone.states[0])
-        head = new_linear(32, 5, m.seed)  # the same training written with torch.optim
-        opt = torch.optim.Adam(
-            [{"params": [head.weight], "weight_decay": m.weight_decay}, {"params": [head.bias]}],
-            lr=m.lr,
-        )
-        order = torch.Generator().manual_seed(_derive(m.seed, "order"))
-        for _ in range(sched.epochs):
-            perm = torch.randperm(len(m.train), generator=order)
-            for lo in range(0, len(m.train), sched.batch_size):
-                idx = m.train[perm[lo : lo + sched.batch_size]]
-                opt.zero_grad()
-                F.cross_entropy(head(pool.x[idx]), pool.y[idx]).backward()
-                opt.step()
-        assert _close(stacked.states[k], head.state_dict())
+        assert _close(stacked.states[k], by_hand(m, sched, adam))
 
 
 def test_grouped_members_equal_ungrouped():

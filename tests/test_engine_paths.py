@@ -5,32 +5,11 @@ import math
 
 import pytest
 import torch
-from torch.nn import functional as F
 
-from mnistlab.models.backbones import new_linear
 from mnistlab.train.augment import Augment, augment_batch
-from mnistlab.train.engine import Schedule, _derive
+from mnistlab.train.engine import Schedule
 
-from .test_engine import TOL, _close, _data, _head, _heads
-
-
-def _by_hand(m, sched: Schedule, make_opt):
-    """The member trained alone with torch.optim, in the engine's batch order, its lr set from
-    the schedule at the start of each epoch."""
-    pool = _data()
-    head = new_linear(32, 5, m.seed)
-    opt = make_opt(head, m)
-    order = torch.Generator().manual_seed(_derive(m.seed, "order"))
-    for epoch in range(1, sched.epochs + 1):
-        for group in opt.param_groups:
-            group["lr"] = m.lr * sched.lr_factor(epoch)
-        perm = torch.randperm(len(m.train), generator=order)
-        for lo in range(0, len(m.train), sched.batch_size):
-            idx = m.train[perm[lo : lo + sched.batch_size]]
-            opt.zero_grad()
-            F.cross_entropy(head(pool.x[idx]), pool.y[idx]).backward()
-            opt.step()
-    return head.state_dict()
+from .test_engine import TOL, _close, _head, _heads, adam, by_hand
 
 
 def _sgd(head, m):
@@ -41,13 +20,6 @@ def _sgd(head, m):
     )
 
 
-def _adam(head, m):
-    return torch.optim.Adam(
-        [{"params": [head.weight], "weight_decay": m.weight_decay}, {"params": [head.bias]}],
-        lr=m.lr,
-    )
-
-
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_sgd_with_momentum_equals_torch_optim_sgd(schedule):
     """The STN's optimiser path: per-member lr and L2, momentum 0.9, ragged training sets."""
@@ -55,7 +27,7 @@ def test_sgd_with_momentum_equals_torch_optim_sgd(schedule):
     sched = Schedule(epochs=4, batch_size=32, optimizer="sgd", momentum=0.9, lr_schedule=schedule)
     stacked = _heads(members, sched)
     for k, m in enumerate(members):
-        assert _close(stacked.states[k], _by_hand(m, sched, _sgd))
+        assert _close(stacked.states[k], by_hand(m, sched, _sgd))
 
 
 def test_cosine_schedule_equals_torch_optim_adam_with_the_same_lr_per_epoch():
@@ -63,7 +35,7 @@ def test_cosine_schedule_equals_torch_optim_adam_with_the_same_lr_per_epoch():
     sched = Schedule(epochs=5, batch_size=32, lr_schedule="cosine")
     stacked = _heads(members, sched)
     for k, m in enumerate(members):
-        assert _close(stacked.states[k], _by_hand(m, sched, _adam))
+        assert _close(stacked.states[k], by_hand(m, sched, adam))
     constant = _heads(members, Schedule(epochs=5, batch_size=32))
     assert not _close(stacked.states[0], constant.states[0], tol=TOL)  # the schedule acts
 

@@ -397,29 +397,20 @@ def _log_to(folder: Path):
     return handler
 
 
-def execute_study(
-    study: str,
-    config,
-    *,
-    root: Path,
-    progress,
-    force: bool,
-    track: str = "none",
-    **kwargs,
-):
-    """Run one study in ``root/<study>/<config-hash>`` with a log file; with ``track``, log
-    the finished run to the tracker."""
+def execute_study(study: str, config, env, *, root: Path, track: str = "none", **options):
+    """Run one study in ``root/<study>/<config-hash>`` with a log file (``env``: a
+    ``studies.opening.Env``; ``options``: the study's own keywords); with ``track``, log the
+    finished run to the tracker."""
     import logging
 
     from mnistlab import registry, runs
-    from mnistlab.studies.opening import Env
 
     folder = runs.run_dir(root, study, config)
-    env = Env(progress, force, kwargs.pop("data_dir", None), kwargs.pop("executor", None))
+    progress = env.progress
     handler = _log_to(folder)
     try:
         progress.message(f"{study}: results in {folder}")
-        out = registry.get(study).run(config, folder, env, **kwargs)
+        out = registry.get(study).run(config, folder, env, **options)
     finally:
         logging.getLogger("mnistlab").removeHandler(handler)
         handler.close()
@@ -444,6 +435,7 @@ def _executor(args: argparse.Namespace):
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from mnistlab import registry
+    from mnistlab.studies.opening import Env
 
     study = registry.get(args.study)
     groups = [OPTION_GROUPS[g] for g in study.options]
@@ -454,16 +446,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     executor = _executor(args)
     run_kwargs = {k: v for g in groups for k, v in g.run_kwargs(args).items()}
     with _progress(args) as progress:
+        env = Env(progress, args.force, args.data_dir, executor)
         folder, metrics = execute_study(
-            args.study,
-            config,
-            root=root,
-            progress=progress,
-            force=args.force,
-            data_dir=args.data_dir,
-            executor=executor,
-            track=args.track,
-            **run_kwargs,
+            args.study, config, env, root=root, track=args.track, **run_kwargs
         )
     print(f"{registry.summary_line(args.study, metrics)} → {folder}")
     return 0
@@ -472,6 +457,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_run_all(args: argparse.Namespace) -> int:
     from mnistlab import suite
     from mnistlab.report.build import build_report
+    from mnistlab.studies.opening import Env
 
     root = _prepare_run(args)
     executor = _executor(args)
@@ -485,15 +471,13 @@ def _cmd_run_all(args: argparse.Namespace) -> int:
             device=args.device,
             protocol=args.protocol,
             progress=progress,
-            execute=lambda study, config, **kw: execute_study(
+            execute=lambda study, config, force, **options: execute_study(
                 study,
                 config,
+                Env(progress, force, args.data_dir, executor),
                 root=root,
-                progress=progress,
-                data_dir=args.data_dir,
-                executor=executor,
                 track=args.track,
-                **kw,
+                **options,
             ),
         )
     problems: list[str] = []

@@ -35,7 +35,7 @@ def run_all(
 ) -> dict[str, Any]:
     """Run the studies of ``profile`` one after another and write ``root/manifest.json``.
 
-    ``execute(study, config, force=…, **run_kwargs)`` runs one study in its folder (the CLI
+    ``execute(study, config, force=…, **options)`` runs one study in its folder (the CLI
     passes one that adds a log file).
     """
     configs = registry.profile_configs(profile, seed, device, protocol)

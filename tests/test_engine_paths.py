@@ -94,3 +94,21 @@ def test_a_pure_shift_moves_the_digit_by_at_most_its_magnitude():
     for a, b in zip(x[0], out[0], strict=True):
         (ax, ay), (bx, by) = centre(a), centre(b)
         assert abs(float(bx - ax)) <= 2.05 and abs(float(by - ay)) <= 2.05
+
+
+def test_elementwise_affine_grid_equals_torchs_in_values_and_gradient():
+    from torch.nn import functional as F
+
+    from mnistlab.models.grid import affine_grid
+
+    theta = (
+        torch.randn(64, 2, 3, generator=torch.Generator().manual_seed(0)) * 0.6
+    ).requires_grad_()
+    for h, w in ((28, 28), (42, 30)):
+        ours = affine_grid(theta, h, w)
+        ref = F.affine_grid(theta, [64, 1, h, w], align_corners=False)
+        assert ours.shape == ref.shape and torch.allclose(ours, ref, atol=1e-6, rtol=0)
+        weights = torch.randn_like(ref)
+        (g_ours,) = torch.autograd.grad((ours * weights).sum(), theta)
+        (g_ref,) = torch.autograd.grad((ref * weights).sum(), theta)
+        assert torch.allclose(g_ours, g_ref, atol=1e-4, rtol=1e-5)

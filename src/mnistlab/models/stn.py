@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mnistlab.models import stack
+from mnistlab.models.grid import affine_grid
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 IDENTITY_THETA = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -134,7 +135,7 @@ class StackedSTN:
         k, b = x.shape[:2]
         theta = self.theta(p, x).reshape(k * b, 2, 3)
         flat = x.reshape(k * b, *x.shape[2:])
-        grid = F.affine_grid(theta, list(flat.shape), align_corners=False)
+        grid = affine_grid(theta, *flat.shape[2:])
         out = F.grid_sample(flat, grid, align_corners=False, padding_mode="zeros")
         return out.view_as(x)
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from mnistlab.models.grid import affine_grid
+
 
 @dataclass(frozen=True)
 class Augment:
@@ -36,12 +38,21 @@ class Augment:
         return ", ".join(parts) or "none"
 
 
-def _thetas(spec: Augment, n: int, size: int, g: torch.Generator, device) -> torch.Tensor:
-    """``n`` random 2×3 matrices (output → input coordinates, normalised units)."""
-    u = torch.rand((n, 4), generator=g, device=device) * 2 - 1
-    angle = u[:, 0] * math.radians(spec.rotate)
-    scale = 1 + u[:, 1] * spec.scale
-    shift = u[:, 2:] * (2 * spec.shift / size)  # pixels → normalised [-1, 1] coordinates
+def _thetas(
+    specs: list[Augment], counts: list[int], size: int, draws: torch.Tensor
+) -> torch.Tensor:
+    """Random 2×3 matrices (output → input coordinates, normalised units), one per drawn row:
+    ``draws`` holds each row's four uniforms in [0, 1), ``counts[i]`` rows for ``specs[i]``."""
+
+    def per_row(values: list[float]) -> torch.Tensor:
+        return torch.repeat_interleave(
+            torch.tensor(values, device=draws.device), torch.tensor(counts, device=draws.device)
+        )
+
+    u = draws * 2 - 1
+    angle = u[:, 0] * per_row([math.radians(s.rotate) for s in specs])
+    scale = 1 + u[:, 1] * per_row([s.scale for s in specs])
+    shift = u[:, 2:] * per_row([2 * s.shift / size for s in specs]).unsqueeze(1)  # px → [-1, 1]
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     return torch.stack(
         [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
@@ -55,13 +66,27 @@ def augment_batch(
     rows: Sequence[int],
 ) -> torch.Tensor:
     """uint8 ``[K, B, H, W]`` → the same batch with each member's augmentation applied to its
-    ``rows[k]`` real rows (padding and members without augmentation untouched)."""
+    ``rows[k]`` real rows (padding and members without augmentation untouched).
+
+    Each member draws its rows' uniforms from its own generator; everything after the draws is
+    one batched computation (a loop of small per-member operations cost more than the warp).
+    """
     k, b, h, w = x.shape
-    theta = torch.eye(2, 3, device=x.device).expand(k, b, 2, 3).clone()
-    for i, (spec, g, n) in enumerate(zip(specs, generators, rows, strict=True)):
-        if spec is not None and spec.active and n > 0:
-            theta[i, :n] = _thetas(spec, n, h, g, x.device)
+    drawn = [
+        (i, n)
+        for i, (spec, n) in enumerate(zip(specs, rows, strict=True))
+        if spec is not None and spec.active and n > 0
+    ]
+    if not drawn:
+        return x
+    draws = torch.cat(
+        [torch.rand((n, 4), generator=generators[i], device=x.device) for i, n in drawn]
+    )
+    at = torch.cat([torch.arange(n, device=x.device) + i * b for i, n in drawn])
+    theta = torch.eye(2, 3, device=x.device).repeat(k * b, 1, 1)
+    theta[at] = _thetas([specs[i] for i, _ in drawn], [n for _, n in drawn], h, draws)
     flat = x.reshape(k * b, 1, h, w).float()
-    grid = F.affine_grid(theta.view(k * b, 2, 3), [k * b, 1, h, w], align_corners=False)
-    out = F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = F.grid_sample(
+        flat, affine_grid(theta, h, w), mode="bilinear", padding_mode="zeros", align_corners=False
+    )
     return out.round_().clamp_(0, 255).to(torch.uint8).view(k, b, h, w)

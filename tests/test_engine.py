@@ -315,3 +315,90 @@ def test_members_can_skip_a_shared_set_and_still_end_on_their_best():
         rows = res.rows(k)
         best = max(rows, key=lambda r: (r["val_acc"], -r["epoch"]))
         assert res.best_epoch[k] == best["epoch"]
+
+
+# ------------------------------------------------------------------ frozen trunk, once per image
+
+
+def _images(n=400, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 5
+    x = torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8)
+    for c in range(5):
+        x[y == c, 4 * c : 4 * c + 4] = 255  # a class-dependent band of rows
+    return Pool(x, y)
+
+
+class _Trunk:
+    """A frozen random layer (784 → 32, ReLU) that records how many members each call had."""
+
+    def __init__(self):
+        self.w = torch.randn(784, 32, generator=torch.Generator().manual_seed(9)) / 28
+        self.calls: list[int] = []
+
+    def __call__(self, raw):
+        self.calls.append(raw.shape[0])
+        return torch.relu((raw.float() / 255).flatten(-2) @ self.w)
+
+
+def _trunk_heads(members, cache: bool, trunk=None, epochs=3):
+    trunk = trunk or _Trunk()
+    return train_stack(
+        StackedLinear(),
+        members,
+        _images(),
+        Schedule(epochs=epochs, batch_size=32),
+        trainable={"weight", "bias"},
+        device=CPU,
+        prepare=trunk,
+        shared_evals={"test": torch.arange(350, 400)},
+        cache_prepared=cache,
+    )
+
+
+@pytest.mark.parametrize("augmented", [False, True])
+def test_trunk_cached_once_per_image_trains_as_per_batch(augmented):
+    """``cache_prepared``: the same training, the trunk run once per image (evaluation always,
+    training when no member augments) instead of every batch and epoch."""
+    from mnistlab.train.augment import Augment
+
+    members = [_head(s, 1e-2, 120) for s in (0, 1)]
+    if augmented:
+        members[1].augment = Augment(shift=2.0)
+    per_batch, cached = _Trunk(), _Trunk()
+    a = _trunk_heads(members, cache=False, trunk=per_batch)
+    b = _trunk_heads(members, cache=True, trunk=cached)
+    for k in range(2):
+        assert _close(a.states[k], b.states[k])
+        for ra, rb in zip(a.rows(k), b.rows(k), strict=True):
+            assert abs(ra["val_loss"] - rb["val_loss"]) < TOL
+            assert abs(ra["test_loss"] - rb["test_loss"]) < TOL
+    assert len(cached.calls) < len(per_batch.calls)
+    if not augmented:
+        assert len(cached.calls) == 1  # the whole pool, once
+
+
+def test_members_without_rows_sit_out_of_the_trunk():
+    """A member whose epoch ended is not run through the (costly) frozen trunk."""
+    trunk = _Trunk()
+    members = [_head(0, 1e-2, 40), _head(1, 1e-2, 100)]
+    res = _trunk_heads(members, cache=False, trunk=trunk, epochs=1)
+    alone = _trunk_heads([members[0]], cache=False, epochs=1)
+    assert 1 in trunk.calls and 2 in trunk.calls
+    assert _close(res.states[0], alone.states[0])
+
+
+def test_stacks_trained_apart_merge_into_one_result():
+    from mnistlab.train.engine import StackResult
+
+    members = [_head(s, 1e-2, 60) for s in range(3)]
+    sched = Schedule(epochs=2, batch_size=32)
+    whole = _heads(members, sched)
+    odd, even = _heads([members[1]], sched), _heads([members[0], members[2]], sched)
+    merged = StackResult.merge([([1], odd), ([0, 2], even)])
+    assert merged.seconds == odd.seconds + even.seconds
+    for k in range(3):
+        assert _close(merged.states[k], whole.states[k])
+        assert [r["val_loss"] for r in merged.rows(k)] == pytest.approx(
+            [r["val_loss"] for r in whole.rows(k)], abs=TOL
+        )

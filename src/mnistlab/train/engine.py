@@ -118,6 +118,22 @@ class StackResult:
     def rows(self, k: int) -> list[dict[str, Any]]:
         return [r for r in self.history if r["member"] == k]
 
+    @staticmethod
+    def merge(parts: list[tuple[list[int], StackResult]]) -> StackResult:
+        """Stacks trained apart as one result: ``(where, result)`` puts member ``k`` of
+        ``result`` at position ``where[k]``; seconds add up (the stacks ran one after another)."""
+        n = sum(len(where) for where, _ in parts)
+        states: list[Any] = [None] * n
+        best, run = [0] * n, [0] * n
+        history = []
+        for where, res in parts:
+            for k, at in enumerate(where):
+                states[at], best[at], run[at] = res.states[k], res.best_epoch[k], res.epochs_run[k]
+            history += [{**r, "member": where[r["member"]]} for r in res.history]
+        history.sort(key=lambda r: (r["epoch"], r["member"]))
+        seconds = sum(res.seconds for _, res in parts)
+        return StackResult(history, states, best, run, seconds, any(r.stopped for _, r in parts))
+
 
 @dataclass
 class _EvalSet:
@@ -147,6 +163,7 @@ class EpochInfo:
 
 
 Prepare = Callable[[torch.Tensor], torch.Tensor]
+EVAL_ROWS = 8192  # rows per evaluation pass (shared sets: inputs; per-member sets: K × rows)
 OnEpoch = Callable[[EpochInfo], bool | None]
 
 
@@ -262,11 +279,9 @@ class Stack:
 class _Evaluator:
     """The evaluation sets of one stack, gathered once, and how they are scored each epoch."""
 
-    def __init__(
-        self, stack: Stack, pool: Pool, prepare: Prepare, evals: dict[str, _EvalSet], rows: int
-    ):
+    def __init__(self, stack: Stack, pool: Pool, prepare: Prepare, evals: dict[str, _EvalSet]):
         self.s, self.pool, self.prepare = stack, pool, prepare
-        self.evals, self.eval_rows = evals, rows
+        self.evals, self.eval_rows = evals, EVAL_ROWS
         # which members each set scores: None = all (per-member sets always score everyone)
         self.shared_sets = {name for name, ev in evals.items() if ev.shared}
         self.scored: dict[str, torch.Tensor | None] = {}
@@ -332,14 +347,12 @@ class _Evaluator:
 class _Trainer:
     """One call of :func:`train_stack` (kept as an object so each phase is a short method)."""
 
-    def __init__(
-        self, stack: Stack, pool: Pool, prepare: Prepare, evals: dict[str, _EvalSet], eval_rows: int
-    ):
+    def __init__(self, stack: Stack, pool: Pool, prepare: Prepare, evaluator: _Evaluator):
         self.s, self.pool, self.prepare = stack, pool, prepare
         dev = stack.device
         self.train_idx, self.counts = _pad([m.train.long() for m in stack.members], dev)
         self.counts_t = torch.tensor(self.counts, device=dev)
-        self.evaluator = _Evaluator(stack, pool, prepare, evals, eval_rows)
+        self.evaluator = evaluator
         k = len(stack)
         self.alive = [True] * k
         self.history: list[dict[str, Any]] = []
@@ -394,7 +407,7 @@ class _Trainer:
         drops = any(r > 0 for r in rates)
         if any(s.augments):
             raw = augment_batch(raw, s.augments, s.augment_gens, rows)
-        x = self.prepare(raw)
+        x = self._prepare(raw, rows)
         if g > 1:
             y = y.repeat_interleave(g, 0)
         w = None if min(rows) == b else (torch.arange(b, device=dev) < n_t.unsqueeze(1)).float()
@@ -419,6 +432,15 @@ class _Trainer:
         if w is not None:
             hit = hit * w
         return torch.stack([ce.detach().sum(1), hit.sum(1)], 1)
+
+    def _prepare(self, raw: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """Model inputs of a step; a costly ``prepare`` (a frozen trunk) runs only for the
+        members with rows in it — those that stopped early or finished their epoch sit out."""
+        if self.prepare is identity or min(rows) > 0:
+            return self.prepare(raw)
+        live = torch.tensor([i for i, n in enumerate(rows) if n > 0], device=raw.device)
+        part = self.prepare(raw.index_select(0, live))
+        return part.new_zeros((len(rows), *part.shape[1:])).index_copy_(0, live, part)
 
     # ------------------------------------------------------------------------ bookkeeping
     def record(self, epoch: int, totals: torch.Tensor, evals: dict, seconds: float) -> None:
@@ -514,6 +536,30 @@ class _Trainer:
         return int(ck["epoch"])
 
 
+def _sources(
+    pool: Pool, prepare: Prepare, members: list[Member], cache: bool
+) -> tuple[Pool, Prepare, Pool, Prepare]:
+    """(pool, prepare) for training and for evaluation: the frozen trunk's output once per
+    image where ``cache`` allows it (evaluation always; training unless a member augments)."""
+    if not cache:
+        return pool, prepare, pool, prepare
+    cached = prepared_pool(pool, prepare)
+    if any(m.augment is not None and m.augment.active for m in members):
+        return pool, prepare, cached, identity
+    return cached, identity, cached, identity
+
+
+def prepared_pool(pool: Pool, prepare: Prepare, rows: int = 8192) -> Pool:
+    """``pool`` with ``prepare`` applied to every item once (in chunks of ``rows``)."""
+    if prepare is identity:
+        return pool
+    with torch.no_grad():
+        x = torch.cat(
+            [prepare(pool.x[lo : lo + rows].unsqueeze(0))[0] for lo in range(0, len(pool.x), rows)]
+        )
+    return Pool(x, pool.y, pool.kind, pool.kind_names)
+
+
 def _eval_sets(
     members: list[Member], pool: Pool, shared: dict[str, torch.Tensor], device: torch.device
 ) -> dict[str, _EvalSet]:
@@ -565,7 +611,7 @@ def train_stack(
     progress: Progress | None = None,
     description: str = "train",
     on_epoch: OnEpoch | None = None,
-    eval_rows: int = 8192,
+    cache_prepared: bool = False,
 ) -> StackResult:
     """Train ``members`` together; resume from ``checkpoint`` when it holds this stack.
 
@@ -577,16 +623,20 @@ def train_stack(
         prepare: gathered pool inputs ``[K, B, ...]`` → model inputs (type conversion, or a
             frozen trunk shared by all members).
         shared_evals: evaluation sets common to all members (indices into the pool).
+        cache_prepared: ``prepare`` is a fixed function of each image (a frozen trunk), so it
+            runs once per pool image instead of once per batch and epoch: for the evaluation
+            sets always (they are never augmented), for training when no member augments.
         on_epoch: called after each recorded epoch; returning True stops the stack.
     """
     progress = progress or default_progress()
-    pool = pool.to(device)
-    evals = _eval_sets(members, pool, shared_evals or {}, device)
+    pool, prepare, eval_pool, eval_prepare = _sources(
+        pool.to(device), prepare, members, cache_prepared
+    )
+    evals = _eval_sets(members, eval_pool, shared_evals or {}, device)
 
     def fresh() -> _Trainer:
-        return _Trainer(
-            Stack(arch, members, schedule, trainable, device), pool, prepare, evals, eval_rows
-        )
+        stack = Stack(arch, members, schedule, trainable, device)
+        return _Trainer(stack, pool, prepare, _Evaluator(stack, eval_pool, eval_prepare, evals))
 
     print_ = fingerprint(members, schedule, repr(sorted(trainable)))
     t, start = _resume(fresh, checkpoint, print_, progress, description)
@@ -602,14 +652,8 @@ def train_stack(
         task.advance(0, epoch=epoch, **_progress_fields(t.history, epoch))
     task.done()
     final = t.best if t.best is not None else t.s.tensors
-    return StackResult(
-        history=t.history,
-        states=[member_state(final, k) for k in range(len(t.s))],
-        best_epoch=t.best_epoch,
-        epochs_run=t.epochs_run,
-        seconds=t.seconds,
-        stopped=t.stopped,
-    )
+    states = [member_state(final, k) for k in range(len(t.s))]
+    return StackResult(t.history, states, t.best_epoch, t.epochs_run, t.seconds, t.stopped)
 
 
 def _epoch(t: _Trainer, epoch: int, task: Task, on_epoch: OnEpoch | None) -> bool:

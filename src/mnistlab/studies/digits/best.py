@@ -46,7 +46,7 @@ from mnistlab.studies.digits.transfer import (
 )
 from mnistlab.studies.opening import Env, StudyRun, open_run
 from mnistlab.train.checkpoint import load_checkpoint, save_checkpoint
-from mnistlab.train.engine import Member, Pool, train_stack
+from mnistlab.train.engine import Member, Pool, StackResult, train_stack
 from mnistlab.train.evaluate import solo
 
 STUDY = "digits-best"
@@ -206,18 +206,27 @@ def _transfer_stack(ctx, target, recipes, n_layers, frozen, source, init, traina
         hidden=source.config.hidden[:n_layers],
         n_classes=len(parse_digits(cfg.target_digits)),
     )
-    res = train_stack(
-        StackedMLP(shape, "stack", frozen),
-        members,
-        Pool(target.x_train, target.y_train),
-        transfer_schedule(cfg),
-        trainable=trainable,
-        device=ctx.device,
-        prepare=frozen_trunk(source, frozen, ctx.device) if frozen else to_flat,
-        progress=ctx.progress,
-        description=description,
-    )
-    return members, res
+    # Members that draw no augmentation train on the frozen trunk's output computed once per
+    # image; those that do need it per batch. Two stacks, so neither waits for the other.
+    groups: dict[bool, list[int]] = {}
+    for k, m in enumerate(members):
+        groups.setdefault(m.augment is not None, []).append(k)
+    parts = []
+    for augmented, where in sorted(groups.items()):
+        res = train_stack(
+            StackedMLP(shape, "stack", frozen),
+            [members[k] for k in where],
+            Pool(target.x_train, target.y_train),
+            transfer_schedule(cfg),
+            trainable=trainable,
+            device=ctx.device,
+            prepare=frozen_trunk(source, frozen, ctx.device) if frozen else to_flat,
+            progress=ctx.progress,
+            description=f"{description}{', augmented' if augmented else ''}",
+            cache_prepared=True,
+        )
+        parts.append((where, res))
+    return members, StackResult.merge(parts)
 
 
 def _score_recipes(recipes, members, res, target, n_layers, source) -> list[dict]:

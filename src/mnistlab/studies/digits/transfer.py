@@ -35,7 +35,7 @@ from mnistlab.studies.digits.common import (
     to_flat,
 )
 from mnistlab.train.checkpoint import load_checkpoint, save_checkpoint
-from mnistlab.train.engine import Member, Pool, Schedule, StackResult, train_stack
+from mnistlab.train.engine import Member, Pool, Schedule, StackResult, identity, train_stack
 from mnistlab.train.evaluate import solo
 
 
@@ -200,7 +200,7 @@ def _inputs(variant: str, plan: Plan, source: MLP, target: Data, device: torch.d
         prepare = frozen_trunk(source, plan.frozen, device)
     if variant == "cached5":
         pool = Pool(prepare(target.x_train.to(device)), target.y_train)
-        prepare = _identity
+        prepare = identity
     return pool, prepare
 
 
@@ -233,10 +233,6 @@ def _train(variant, plan: Plan, models, splits, pool, prepare, hp, ctx: CellCont
         progress=ctx.progress,
         description=f"digits: transfer {variant} × {len(members)} seeds together",
     )
-
-
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
 
 
 def _score(variant, ctx, res: StackResult, models, target, seconds: float) -> list[dict]:

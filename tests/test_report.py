@@ -175,14 +175,51 @@ def _deform(results, tmp_path):
     return folder, n
 
 
-def _set_correct(folder, n, stn_right, cnn_right, kind_slice):
+def _set_correct(folder, n, stn_right, cnn_right, kind_slice, seed=None):
+    """Which images of ``kind_slice`` each model gets right (every seed, or one)."""
+
     def change(m):
         for model, right in (("stn", stn_right), ("baseline", cnn_right)):
-            bits = unpack_correct(m["test_correct_seed0"][model], n).copy()
-            bits[kind_slice] = right
-            m["test_correct_seed0"][model] = pack_correct(bits)
+            packed = m["test_correct_by_seed"][model]
+            for i in range(len(packed)) if seed is None else [seed]:
+                bits = unpack_correct(packed[i], n).copy()
+                bits[kind_slice] = right
+                packed[i] = pack_correct(bits)
 
     _edit(folder / "metrics.json", change)
+
+
+def test_deform_verdict_over_seeds_is_checked_seed_by_seed(results, tmp_path):
+    """Three seeds: the paired test over seeds decides; each seed's McNemar says whether the
+    runs agree with it (the sentence follows both, never a verdict the tests do not carry)."""
+    folder, n = _deform(results, tmp_path)
+    third = n // 3
+    zoom = slice(2 * third, n)
+    _edit(folder / "config.json", lambda c: c["config"].update(seeds=3))
+
+    def seeds(stn_zoom, cnn_zoom):
+        def change(m):
+            for model, acc in (("stn", stn_zoom), ("baseline", cnn_zoom)):
+                for kind, values in m["per_seed_final_test_acc"][model].items():
+                    m["per_seed_final_test_acc"][model][kind] = (
+                        list(acc) if kind == "zoom" else [values[0]] * 3
+                    )
+                m["test_correct_by_seed"][model] = [m["test_correct_by_seed"][model][0]] * 3
+
+        _edit(folder / "metrics.json", change)
+
+    seeds([0.90, 0.92, 0.91], [0.80, 0.81, 0.83])
+    _set_correct(folder, n, np.ones(third, bool), np.zeros(third, bool), zoom)
+    text = _text(sections.stn_deform(folder))
+    assert "Zoom: Seed by seed — seed 0: +" in text
+    assert "the verdict held in every seed's own test" in text
+    _set_correct(folder, n, np.zeros(third, bool), np.ones(third, bool), zoom, seed=2)
+    assert "the verdict held in 2 of 3 seeds' own tests" in _text(sections.stn_deform(folder))
+    seeds([0.90, 0.80, 0.91], [0.85, 0.86, 0.84])  # the mean ahead, the seeds disagree
+    _set_correct(folder, n, np.zeros(third, bool), np.ones(third, bool), zoom, seed=1)
+    text = _text(sections.stn_deform(folder))
+    assert "no verdict over seeds; the STN measured ahead in 2 of 3 seeds" in text
+    assert "significantly better in 2 and significantly worse in 1" in text
 
 
 def test_zoom_verdicts_follow_scale_and_accuracy(results, tmp_path):

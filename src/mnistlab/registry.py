@@ -239,8 +239,14 @@ _STUDIES = (
         protocol="specified",
         summary=_deform_line,
         metrics=schemas.STNDeformMetrics,
-        quick={**_QUICK_STN, "train_eval_size": 3000},
-        tiny={"epochs": 1, "limit_train": 200, "limit_test": 100, "train_eval_size": 100},
+        quick={**_QUICK_STN, "seeds": 1, "train_eval_size": 3000},
+        tiny={
+            "epochs": 1,
+            "seeds": 1,
+            "limit_train": 200,
+            "limit_test": 100,
+            "train_eval_size": 100,
+        },
     ),
     _entry(
         "digits",

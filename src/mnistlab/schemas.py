@@ -130,8 +130,9 @@ class STNDeformMetrics(TypedDict):
     final_train_acc: dict[str, KindAcc]
     per_seed_final_test_acc: dict[str, dict[str, list[float]]]
     mean_scale_by_kind: dict[str, float]
+    kinds: list[str]  # the kinds of image, in the order of the expanded test set
     test_kind_counts: list[int]
-    test_correct_seed0: dict[str, str]
+    test_correct_by_seed: dict[str, list[str]]  # per model, one packed vector per seed
 
 
 # ------------------------------------------------------------------------- digits

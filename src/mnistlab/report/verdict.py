@@ -65,3 +65,29 @@ def answer(c: Comparison, yes: str = "Yes", no: str = "No") -> str:
     if c.status in (NO_TEST, DEGENERATE):
         return "No test can decide"
     return f"Not shown at {LEVEL}"
+
+
+def across_seeds(verdict: Comparison, per_seed: list[Comparison], a: str = "the STN") -> str:
+    """Whether a verdict over seeds holds in each seed's own test (McNemar on its images).
+
+    A verdict over seeds can rest on a mean that one run carries; reading each seed's own test
+    beside it says whether the runs agree. Direction words again only from significant tests.
+    """
+    cells = ", ".join(f"seed {i}: {signed(c)}" for i, c in enumerate(per_seed))
+    n = len(per_seed)
+    ahead = sum(c.diff > 0 for c in per_seed)
+    better = sum(c.significant and c.diff > 0 for c in per_seed)
+    worse = sum(c.significant and c.diff < 0 for c in per_seed)
+    if verdict.significant:
+        held = better if verdict.diff > 0 else worse
+        summary = (
+            "the verdict held in every seed's own test"
+            if held == n
+            else f"the verdict held in {held} of {n} seeds' own tests"
+        )
+    else:
+        summary = (
+            f"no verdict over seeds; {a} measured ahead in {ahead} of {n} seeds, "
+            f"significantly better in {better} and significantly worse in {worse}"
+        )
+    return f"Seed by seed — {cells}: {summary}."

@@ -38,12 +38,9 @@ STUDY = "stn-deform"
 
 @dataclass(frozen=True)
 class STNDeformConfig(STNConfig):
-    """The STN study's settings plus the deformations; one seed and a larger train subset
-    scored per epoch (15k of 180k) by default."""
+    """The STN study's settings (three seeds, every model's seeds in one stack) plus the
+    deformations, and a larger train subset scored per epoch (15k of 180k)."""
 
-    seeds: int = option(
-        1, "repeats with different seeds (init, batch order, dropout)", lo=1, hi=1000
-    )
     train_eval_size: int = option(
         15_000,
         "training images scored in eval mode after each epoch",
@@ -112,8 +109,8 @@ def _compute(config, run_: StudyRun) -> dict:
 
 
 def _metrics(out: Path, results, n_train: int, test, config: STNDeformConfig, device) -> dict:
-    """Accuracy per model and kind (curves, finals, per seed, per image for McNemar) and what
-    the first seed's STN does to each kind."""
+    """Accuracy per model and kind (curves, finals, per seed, per image and seed for McNemar)
+    and what the first seed's STN does to each kind."""
     from mnistlab.figures import stn as figures
 
     summaries = {m: summarise_runs(r, KINDS) for m, r in results.items()}
@@ -134,9 +131,16 @@ def _metrics(out: Path, results, n_train: int, test, config: STNDeformConfig, de
             }
             for m, r in results.items()
         },
-        "test_correct_seed0": {
-            m: correct_on(net, test.images, test.labels, device) for m, net in models.items()
+        "test_correct_by_seed": {
+            m: [
+                correct_on(
+                    trained_model(r, i, m == "stn", device), test.images, test.labels, device
+                )
+                for i in range(len(r.states))
+            ]
+            for m, r in results.items()
         },
+        "kinds": list(KINDS),
         "test_kind_counts": [int((test.kind == k).sum()) for k in range(len(KINDS))],
         **_theta_by_kind(out, models["stn"], test, config, device),
         "zoom_factor": config.zoom_factor,

@@ -19,7 +19,7 @@ from mnistlab.report.sections.common import (
     pm,
     published,
 )
-from mnistlab.report.verdict import compare
+from mnistlab.report.verdict import across_seeds, compare
 from mnistlab.stats import NOT_SIGNIFICANT, Comparison, compare_correct, paired
 
 
@@ -114,12 +114,16 @@ def stn_deform(folder: Path | None, baseline: Path | None = None) -> Section:
         model: {k: v[0] for k, v in m["final_test_acc"][model].items()}
         for model in ("stn", "baseline")
     }
-    sec.bullets += explain_deform(m["mean_scale_by_kind"], acc, zoom, deform_comparisons(m))
+    verdicts = deform_comparisons(m)
+    sec.bullets += explain_deform(m["mean_scale_by_kind"], acc, zoom, verdicts)
+    if cfg["seeds"] > 1:
+        for kind, tests in per_kind_seed_tests(m).items():
+            sec.bullets.append(f"{kind.capitalize()}: {across_seeds(verdicts[kind], tests)}")
     rows = []
     one = cfg["seeds"] == 1  # no interval from one seed: print the value alone
     for model in ("stn", "baseline"):
         te, tr = m["final_test_acc"][model], m["final_train_acc"][model]
-        for kind in ("all", "original", "elastic", "zoom"):
+        for kind in ("all", *m["kinds"]):
             rows.append([model, kind, *(pct(x[kind][0]) if one else pm(x[kind]) for x in (tr, te))])
     sec.tables.append(
         Table(
@@ -149,20 +153,30 @@ def stn_deform(folder: Path | None, baseline: Path | None = None) -> Section:
 
 def deform_comparisons(m: dict) -> dict[str, Comparison]:
     """STN − CNN final test accuracy per kind: paired t-test over seeds when there are several,
-    McNemar on the first seed's models otherwise."""
+    McNemar on the one seed's models otherwise."""
     per_seed = m["per_seed_final_test_acc"]
     out = {}
-    counts = m["test_kind_counts"]
-    n = sum(counts)
-    bounds = np.cumsum([0, *counts])
-    for i, kind in enumerate(("original", "elastic", "zoom")):
+    for kind, by_seed in per_kind_seed_tests(m).items():
         if len(per_seed["stn"][kind]) >= 2:
             out[kind] = paired(per_seed["stn"][kind], per_seed["baseline"][kind])
         else:
-            mask = np.zeros(n, dtype=bool)
-            mask[bounds[i] : bounds[i + 1]] = True
-            tc = m["test_correct_seed0"]
-            out[kind] = compare_correct(tc["stn"], tc["baseline"], n, mask)
+            out[kind] = by_seed[0]
+    return out
+
+
+def per_kind_seed_tests(m: dict) -> dict[str, list[Comparison]]:
+    """Per kind, McNemar of STN vs CNN for each seed on that kind's test images."""
+    counts = m["test_kind_counts"]
+    n = sum(counts)
+    bounds = np.cumsum([0, *counts])
+    tc = m["test_correct_by_seed"]
+    out = {}
+    for i, kind in enumerate(m["kinds"]):  # the order of the expanded test set
+        mask = np.zeros(n, dtype=bool)
+        mask[bounds[i] : bounds[i + 1]] = True
+        out[kind] = [
+            compare_correct(a, b, n, mask) for a, b in zip(tc["stn"], tc["baseline"], strict=True)
+        ]
     return out
 
 

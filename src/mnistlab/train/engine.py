@@ -91,6 +91,11 @@ class Member:
     shared: frozenset[str] | None = None  # shared sets scored every epoch (None: all)
     augment: Augment | None = None  # random affine warps of its training images
 
+    @property
+    def augments(self) -> bool:
+        """Whether it draws warps (its inputs then differ every batch: no cached trunk)."""
+        return self.augment is not None and self.augment.active
+
 
 @dataclass
 class Pool:
@@ -259,7 +264,7 @@ class Stack:
         self.augment_gens = [
             torch.Generator(device=device).manual_seed(_derive(m.seed, "augment")) for m in members
         ]
-        self.augments = [m.augment if m.augment and m.augment.active else None for m in members]
+        self.augments = [m.augment if m.augments else None for m in members]
 
     def __len__(self) -> int:
         return len(self.members)
@@ -544,12 +549,12 @@ def _sources(
     if not cache:
         return pool, prepare, pool, prepare
     cached = prepared_pool(pool, prepare)
-    if any(m.augment is not None and m.augment.active for m in members):
+    if any(m.augments for m in members):
         return pool, prepare, cached, identity
     return cached, identity, cached, identity
 
 
-def prepared_pool(pool: Pool, prepare: Prepare, rows: int = 8192) -> Pool:
+def prepared_pool(pool: Pool, prepare: Prepare, rows: int = EVAL_ROWS) -> Pool:
     """``pool`` with ``prepare`` applied to every item once (in chunks of ``rows``)."""
     if prepare is identity:
         return pool

@@ -210,7 +210,7 @@ def _transfer_stack(ctx, target, recipes, n_layers, frozen, source, init, traina
     # image; those that do need it per batch. Two stacks, so neither waits for the other.
     groups: dict[bool, list[int]] = {}
     for k, m in enumerate(members):
-        groups.setdefault(m.augment is not None, []).append(k)
+        groups.setdefault(m.augments, []).append(k)
     parts = []
     for augmented, where in sorted(groups.items()):
         res = train_stack(

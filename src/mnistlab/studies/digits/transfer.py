@@ -35,7 +35,15 @@ from mnistlab.studies.digits.common import (
     to_flat,
 )
 from mnistlab.train.checkpoint import load_checkpoint, save_checkpoint
-from mnistlab.train.engine import Member, Pool, Schedule, StackResult, identity, train_stack
+from mnistlab.train.engine import (
+    Member,
+    Pool,
+    Schedule,
+    StackResult,
+    identity,
+    prepared_pool,
+    train_stack,
+)
 from mnistlab.train.evaluate import solo
 
 
@@ -199,8 +207,7 @@ def _inputs(variant: str, plan: Plan, source: MLP, target: Data, device: torch.d
     if plan.frozen:
         prepare = frozen_trunk(source, plan.frozen, device)
     if variant == "cached5":
-        pool = Pool(prepare(target.x_train.to(device)), target.y_train)
-        prepare = identity
+        pool, prepare = prepared_pool(pool.to(device), prepare), identity
     return pool, prepare
 
 

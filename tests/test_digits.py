@@ -216,6 +216,24 @@ def test_tuning_resumes_to_the_same_trials_after_sigkill(tmp_path, mnist):
     assert resumed["best"] == ref["best"] and resumed["test_acc"] == ref["test_acc"]
 
 
+def test_a_trial_killed_while_drawing_its_parameters_is_not_retried_half_drawn():
+    """Killed between two ``suggest_*`` calls, a trial has some parameters stored: retrying
+    it with those would mix a stored lr with a freshly drawn L2 (a run no uninterrupted
+    tuning makes), so only fully drawn trials are re-queued."""
+    import optuna
+
+    study = optuna.create_study(direction="maximize")
+    half = study.ask()
+    half.suggest_float("lr", 1e-4, 1e-2, log=True)  # killed here: RUNNING, l2 never drawn
+    whole = study.ask()
+    digits_tune.suggest(whole)
+    whole.set_user_attr("drawn", True)  # killed while training: RUNNING, all drawn
+    assert digits_tune.repair(study) == 1
+    queued = [t for t in study.get_trials() if t.state.name == "WAITING"]
+    assert [t.user_attrs["retry_of"] for t in queued] == [whole.number]
+    assert digits_tune.suggest(study.ask()) == whole.params  # the retry draws nothing new
+
+
 def test_a_tampered_trial_is_refused(tmp_path, mnist):
     import sqlite3
 

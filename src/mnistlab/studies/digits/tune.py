@@ -157,7 +157,12 @@ def _claimed(trials, number: int | None = None) -> int:
 def repair(study: optuna.Study) -> int:
     """Stale RUNNING trials → FAIL; every FAIL trial not yet retried is enqueued again with
     its parameters. Only safe while this process is the study's one writer (the run folder
-    lock). Returns how many trials were re-queued."""
+    lock). Returns how many trials were re-queued.
+
+    A trial killed while its parameters were being drawn (some stored, some not) is not
+    re-queued: a retry would keep the stored ones and draw the rest afresh, which no
+    uninterrupted run does. It stays failed, and the next trial draws what an uninterrupted run
+    would (the sampler is seeded by the count of finished trials)."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
@@ -168,7 +173,7 @@ def repair(study: optuna.Study) -> int:
             study.tell(t.number, state=TrialState.FAIL)  # its process is gone
         elif t.state != TrialState.FAIL or t.user_attrs.get("over_budget"):
             continue
-        if t.number not in retried and t.params:
+        if t.number not in retried and t.params and t.user_attrs.get("drawn"):
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
             queued += 1
     return queued
@@ -309,7 +314,9 @@ def optimise(
                 continue
             try:
                 with _heartbeat(tuning, trial.number):
-                    scores, pruned = run_trial(ctx, trial, space(trial), **trial_kwargs)
+                    hp = space(trial)
+                    trial.set_user_attr("drawn", True)  # every parameter stored: retry with them
+                    scores, pruned = run_trial(ctx, trial, hp, **trial_kwargs)
             except BaseException:
                 study.tell(trial, state=TrialState.FAIL)  # re-run with these params on resume
                 raise

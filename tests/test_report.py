@@ -20,7 +20,9 @@ from mnistlab.report.build import build_report
 from mnistlab.stats import pack_correct, unpack_correct
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-STUDY_CONFIGS = registry.profile_configs("tiny", device="cpu")  # both protocols, run order
+STUDY_CONFIGS = registry.profile_configs(
+    "tiny", device="cpu", with_=registry.OPT_IN
+)  # both protocols and the opt-in studies, run order
 
 
 @pytest.fixture(scope="session")
@@ -219,7 +221,7 @@ def test_deform_verdict_over_seeds_is_checked_seed_by_seed(results, tmp_path):
     _set_correct(folder, n, np.zeros(third, bool), np.ones(third, bool), zoom, seed=1)
     text = _text(sections.stn_deform(folder))
     assert "no verdict over seeds; the STN measured ahead in 2 of 3 seeds" in text
-    assert "significantly better in 2 and significantly worse in 1" in text
+    assert "significantly ahead in its own test in 2 and significantly behind in 1" in text
 
 
 def test_zoom_verdicts_follow_scale_and_accuracy(results, tmp_path):
@@ -531,7 +533,7 @@ def test_every_result_file_conforms_to_the_schema_its_readers_use(results):
     folders = runs.read_json(results / runs.MANIFEST)["folders"]
     for study in registry.STUDIES.values():
         metrics = runs.read_json(results / folders[study.name] / "metrics.json")
-        assert schemas.problems(metrics, study.metrics) == [], study.name
+        assert schemas.problems(metrics, study.schema) == [], study.name
     digits_folder = results / folders["digits"]
     for name, schema in schemas.DIGITS_FILES.items():
         assert schemas.problems(runs.read_json(digits_folder / name), schema) == [], name

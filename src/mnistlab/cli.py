@@ -71,6 +71,7 @@ _PARSERS: dict[Any, Callable[[str], Any]] = {
     str: str,
     tuple[int, ...]: _list(_int),
     tuple[float, ...]: _list(_float),
+    tuple[str, ...]: _list(str),
     int | None: _int,
 }
 
@@ -470,6 +471,7 @@ def _cmd_run_all(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             protocol=args.protocol,
+            with_=tuple(args.with_ or ()),
             progress=progress,
             execute=lambda study, config, force, **options: execute_study(
                 study,
@@ -572,6 +574,13 @@ def _add_run(sub) -> None:
         default="both",
         help="specified: the studies as written; best: the best honest protocols "
         "(fewshot-best, digits-best); both (default: both)",
+    )
+    a.add_argument(
+        "--with",
+        dest="with_",
+        action="append",
+        choices=registry.OPT_IN,
+        help="also run this opt-in study (repeatable; default: none)",
     )
     a.add_argument("--seed", type=_int, default=0, help="master seed (default: 0)")
     a.add_argument("--device", default="auto", help=device_help)

@@ -48,7 +48,8 @@ class Study:
     options: tuple[str, ...] = ()  # extra option groups of the CLI (``cli.OPTION_GROUPS``)
     in_suite: Mapping[str, Any] = field(default_factory=dict)  # run kwargs inside ``run all``
     baseline: str | None = None  # the as-specified study a best protocol is compared with
-    metrics: Any = None  # the TypedDict of its metrics.json (mnistlab.schemas)
+    metrics: Any = None  # the TypedDict of its metrics.json, or "module:Name" (loaded on use)
+    opt_in: bool = False  # ``run all`` runs it only when asked (``--with NAME``)
 
     @property
     def config(self) -> type:
@@ -61,6 +62,11 @@ class Study:
     @property
     def report(self) -> Callable[..., Any]:
         return _load(self.report_path)
+
+    @property
+    def schema(self) -> Any:
+        """The metrics TypedDict (a study may keep it beside its report builder)."""
+        return _load(self.metrics) if isinstance(self.metrics, str) else self.metrics
 
     @property
     def command(self) -> str:
@@ -96,6 +102,13 @@ def _deform_line(m: dict[str, Any]) -> str:
         f"zoom-out test accuracy STN {mean_ci_text(a['stn']['zoom'])} vs CNN "
         f"{mean_ci_text(a['baseline']['zoom'])}; mean θ scale on zoomed "
         f"{m['mean_scale_by_kind']['zoom']:.3f}"
+    )
+
+
+def _paper_line(m: dict[str, Any]) -> str:
+    err = {k: {n: 100 * v["test_error"][0] for n, v in r.items()} for k, r in m["results"].items()}
+    return "test error CNN / ST-CNN: " + ", ".join(
+        f"{k} {err[k]['cnn']:.2f} / {err[k]['st-cnn']:.2f} %" for k in m["distortions"]
     )
 
 
@@ -249,6 +262,20 @@ _STUDIES = (
         },
     ),
     _entry(
+        "stn-paper",
+        "stn_paper",
+        "STNPaperConfig",
+        "stn_paper:stn_paper",
+        title="The STN paper's distorted MNIST (R, RTS, P, E): CNN vs ST-CNN",
+        help="the STN paper's benchmark: CNN vs ST-CNN on rotated, RTS, projective, elastic MNIST",
+        protocol="specified",
+        summary=_paper_line,
+        metrics="mnistlab.report.sections.stn_paper:STNPaperMetrics",
+        quick={"epochs": 1, "seeds": 1, "limit_train": 10_000, "limit_test": 2000},
+        tiny={"epochs": 1, "seeds": 2, "limit_train": 300, "limit_test": 100},
+        opt_in=True,
+    ),
+    _entry(
         "digits",
         "digits.study",
         "DigitsConfig",
@@ -302,6 +329,7 @@ _STUDIES = (
     ),
 )
 STUDIES: Mapping[str, Study] = MappingProxyType({s.name: s for s in _STUDIES})
+OPT_IN = tuple(s.name for s in _STUDIES if s.opt_in)  # what ``run all --with`` accepts
 
 
 def get(name: str) -> Study:
@@ -313,24 +341,42 @@ def get(name: str) -> Study:
         ) from None
 
 
-def in_protocol(protocol: str) -> list[Study]:
-    """The studies ``run all --protocol`` runs, in run order (as specified first)."""
+def in_protocol(protocol: str, with_: tuple[str, ...] = ()) -> list[Study]:
+    """The studies ``run all --protocol`` runs, in run order (as specified first); opt-in
+    studies only when named in ``with_``."""
     if protocol not in PROTOCOLS:
         raise MnistlabError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
+    for name in with_:
+        if not get(name).opt_in:
+            raise MnistlabError(
+                f"--with {name}: it runs anyway; --with takes: {', '.join(OPT_IN) or 'nothing'}"
+            )
     wanted = PROTOCOL_NAMES if protocol == "both" else (protocol,)
-    return [s for p in wanted for s in _STUDIES if s.protocol == p]
+    for name in with_:
+        if get(name).protocol not in wanted:
+            raise MnistlabError(
+                f"--with {name}: it belongs to the {get(name).protocol} protocol, "
+                f"not to --protocol {protocol}"
+            )
+    return [
+        s for p in wanted for s in _STUDIES if s.protocol == p and (not s.opt_in or s.name in with_)
+    ]
 
 
 def profile_configs(
-    profile: str, seed: int = 0, device: str = "auto", protocol: str = "both"
+    profile: str,
+    seed: int = 0,
+    device: str = "auto",
+    protocol: str = "both",
+    with_: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """The config of every study of ``protocol`` under ``profile``, in run order (``"tiny"``:
-    the test suite's runs, not offered on the command line)."""
+    """The config of every study of ``protocol`` (and the opt-in ones in ``with_``) under
+    ``profile``, in run order (``"tiny"``: the test suite's runs, not on the command line)."""
     if profile not in (*PROFILES, "tiny"):
         raise MnistlabError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
     common = {"seed": seed, "device": device}
     overrides = {"quick": lambda s: s.quick, "tiny": lambda s: s.tiny}.get(profile, lambda s: {})
-    return {s.name: s.config(**common, **overrides(s)) for s in in_protocol(protocol)}
+    return {s.name: s.config(**common, **overrides(s)) for s in in_protocol(protocol, with_)}
 
 
 def summary_line(name: str, metrics: dict[str, Any]) -> str:
@@ -338,6 +384,7 @@ def summary_line(name: str, metrics: dict[str, Any]) -> str:
 
 
 __all__ = [
+    "OPT_IN",
     "PROFILES",
     "PROTOCOLS",
     "STUDIES",

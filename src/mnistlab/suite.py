@@ -32,16 +32,18 @@ def run_all(
     execute: Callable[..., tuple[Path, Any]],
     device: str = "auto",
     protocol: str = "both",
+    with_: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Run the studies of ``profile`` one after another and write ``root/manifest.json``.
 
     ``execute(study, config, force=…, **options)`` runs one study in its folder (the CLI
     passes one that adds a log file).
     """
-    configs = registry.profile_configs(profile, seed, device, protocol)
+    configs = registry.profile_configs(profile, seed, device, protocol, with_)
     manifest: dict[str, Any] = {
         "profile": profile,
         "protocol": protocol,
+        "with": list(with_),
         "command": " ".join(["mnistlab", *sys.argv[1:]]) or "mnistlab",
         "folders": {},
         "wall_seconds": {},

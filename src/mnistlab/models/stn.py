@@ -49,21 +49,28 @@ class STNNet(nn.Module):
     def __init__(self, use_stn: bool = True) -> None:
         super().__init__()
         self.use_stn = use_stn
-        self.classifier = Classifier()
+        self.classifier = self.make_classifier()
         if use_stn:
-            self.localization = nn.Sequential(
-                nn.Conv2d(1, 8, kernel_size=7),
-                nn.MaxPool2d(2, stride=2),
-                nn.ReLU(True),
-                nn.Conv2d(8, 10, kernel_size=5),
-                nn.MaxPool2d(2, stride=2),
-                nn.ReLU(True),
-            )
-            self.fc_loc = nn.Sequential(nn.Linear(10 * 3 * 3, 32), nn.ReLU(True), nn.Linear(32, 6))
+            self.localization, self.fc_loc = self.make_localization()
             # Start at the identity transform, as the tutorial does.
             nn.init.zeros_(self.fc_loc[2].weight)
             with torch.no_grad():
                 self.fc_loc[2].bias.copy_(torch.tensor(IDENTITY_THETA))
+
+    def make_classifier(self) -> nn.Module:
+        return Classifier()
+
+    def make_localization(self) -> tuple[nn.Sequential, nn.Sequential]:
+        """(conv–pool–ReLU ×2, fc–ReLU–fc → 6): the layout :class:`StackedSTN` stacks."""
+        conv = nn.Sequential(
+            nn.Conv2d(1, 8, kernel_size=7),
+            nn.MaxPool2d(2, stride=2),
+            nn.ReLU(True),
+            nn.Conv2d(8, 10, kernel_size=5),
+            nn.MaxPool2d(2, stride=2),
+            nn.ReLU(True),
+        )
+        return conv, nn.Sequential(nn.Linear(10 * 3 * 3, 32), nn.ReLU(True), nn.Linear(32, 6))
 
     @staticmethod
     def normalise(x: torch.Tensor) -> torch.Tensor:
@@ -100,7 +107,7 @@ def init_stn(use_stn: bool, seed: int) -> STNNet:
         return STNNet(use_stn)
 
 
-def _pool_relu(g: torch.Tensor) -> torch.Tensor:
+def pool_relu(g: torch.Tensor) -> torch.Tensor:
     return F.relu(F.max_pool2d(g, 2))
 
 
@@ -125,8 +132,8 @@ class StackedSTN:
         """``[K, B, 2, 3]`` affine matrices for inputs ``[K, B, 1, 28, 28]`` in [0, 1]."""
         k, b = x.shape[:2]
         g = stack.to_groups(STNNet.normalise(x), self.memory_format)
-        g = _pool_relu(stack.conv2d(g, p, "localization.0", self.memory_format))
-        g = _pool_relu(stack.conv2d(g, p, "localization.3", self.memory_format))
+        g = pool_relu(stack.conv2d(g, p, "localization.0", self.memory_format))
+        g = pool_relu(stack.conv2d(g, p, "localization.3", self.memory_format))
         h = g.reshape(b, k, -1).transpose(0, 1)
         h = F.relu(stack.linear(h, p, "fc_loc.0"))
         return stack.linear(h, p, "fc_loc.2").view(k, b, 2, 3)
@@ -142,18 +149,21 @@ class StackedSTN:
     def forward(
         self, p: dict[str, torch.Tensor], x: torch.Tensor, step: stack.Step
     ) -> torch.Tensor:
-        """Logits ``[K, B, 10]`` for images ``[K, B, 1, 28, 28]`` in [0, 1]."""
-        k, b = x.shape[:2]
+        """Logits ``[K, B, 10]`` for images ``[K, B, 1, H, W]`` in [0, 1]."""
         if self.use_stn:
             x = self.transform(p, x)
-        mf = self.memory_format
-        g = _pool_relu(
-            stack.conv2d(stack.to_groups(STNNet.normalise(x), mf), p, "classifier.conv1", mf)
-        )
+        return self.classify(p, stack.to_groups(STNNet.normalise(x), self.memory_format), step)
+
+    def classify(
+        self, p: dict[str, torch.Tensor], g: torch.Tensor, step: stack.Step
+    ) -> torch.Tensor:
+        """The tutorial's classifier on grouped inputs ``[B, K, H, W]``."""
+        mf, k, b = self.memory_format, g.shape[1], g.shape[0]
+        g = pool_relu(stack.conv2d(g, p, "classifier.conv1", mf))
         g = stack.conv2d(g, p, "classifier.conv2", mf)
         if step.noise is not None and (m := step.noise.keep((g.shape[1] // k,))) is not None:
             g = g * m.transpose(0, 1).reshape(b, -1, 1, 1)  # Dropout2d: whole channels
-        h = _pool_relu(g).reshape(b, k, -1).transpose(0, 1)
+        h = pool_relu(g).reshape(b, k, -1).transpose(0, 1)
         h = F.relu(stack.linear(h, p, "classifier.fc1"))
         if step.noise is not None and (m := step.noise.keep((h.shape[2],))) is not None:
             h = h * m

@@ -127,6 +127,8 @@ def build_sections(root: Path) -> tuple[list[Section], dict[str, Any] | None, li
     secs: list[Section] = []
     usable: dict[str, Path | None] = {}
     for study in registry.STUDIES:
+        if registry.get(study).opt_in and folders[study] is None:
+            continue  # an opt-in study nobody asked for is not a gap in the report
         before = len(problems)
         secs += _study_sections(study, folders[study], problems, usable)
         usable[study] = folders[study] if len(problems) == before else None

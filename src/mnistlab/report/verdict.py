@@ -88,6 +88,6 @@ def across_seeds(verdict: Comparison, per_seed: list[Comparison], a: str = "the 
     else:
         summary = (
             f"no verdict over seeds; {a} measured ahead in {ahead} of {n} seeds, "
-            f"significantly better in {better} and significantly worse in {worse}"
+            f"significantly ahead in its own test in {better} and significantly behind in {worse}"
         )
     return f"Seed by seed — {cells}: {summary}."

@@ -66,13 +66,16 @@ class Schedule:
     min_delta: float = 0.0  # smallest change of ``monitor`` that counts as an improvement
     restore_best: bool = False  # end with each member's best-``monitor`` weights (ties: earliest)
     checkpoint_every: int = 1
-    lr_schedule: str = "constant"  # or "cosine": annealed from lr towards 0
+    lr_schedule: str = "constant"  # "cosine": annealed from lr towards 0; "steps": ÷10 drops
     horizon: int | None = None  # epochs the cosine spans (default: ``epochs``)
+    lr_drops: tuple[int, ...] = ()  # "steps": the lr is divided by 10 after each of these epochs
 
     def lr_factor(self, epoch: int) -> float:
         """The learning-rate multiplier of ``epoch`` (1-based)."""
         if self.lr_schedule == "cosine":
             return 0.5 * (1 + math.cos(math.pi * (epoch - 1) / (self.horizon or self.epochs)))
+        if self.lr_schedule == "steps":
+            return 0.1 ** sum(epoch > d for d in self.lr_drops)
         return 1.0
 
 

@@ -1,0 +1,181 @@
+"""Section of the distorted-MNIST study: CNN vs ST-CNN per distortion beside the paper's Table 1.
+
+Every verdict comes from the test beside it (paired t over seeds, McNemar per seed); the
+paper's numbers come from ``published.json``. "Reproduced" is written only where this run's
+own test says the ST-CNN is better, so it flips when the numbers do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypedDict
+
+from mnistlab.report.sections.common import Section, Table, count, fig, opening, pm, published
+from mnistlab.report.verdict import across_seeds, answer, compare
+from mnistlab.schemas import MeanCI
+from mnistlab.stats import Comparison, compare_correct, paired
+
+STUDY = "stn-paper"
+_PAPER_MODELS = {"cnn": "CNN", "st-cnn": "ST-CNN (affine)"}
+
+
+class PaperModelResult(TypedDict):
+    test_error: MeanCI
+    per_seed_test_error: list[float]
+    test_correct_by_seed: list[str]  # packed bits per seed (McNemar)
+    test_acc_curve: list[float]
+    seconds: float
+
+
+class STNPaperMetrics(TypedDict):
+    """What ``studies/stn_paper.py`` writes and this section reads (its registry schema)."""
+
+    distortions: list[str]
+    models: list[str]
+    results: dict[str, dict[str, PaperModelResult]]  # distortion → model → result
+    theta: dict[str, dict[str, Any]]  # distortion → θ statistics of the first seed's ST-CNN
+    test_digest: dict[str, str]
+    n_train: int
+    n_test: dict[str, int]
+    budget: dict[str, Any]
+
+
+def _tests(r: dict[str, Any], n: int) -> tuple[Comparison, list[Comparison]]:
+    """ST-CNN − CNN in accuracy: paired t over seeds, and each seed's McNemar."""
+    acc = {m: [1 - e for e in r[m]["per_seed_test_error"]] for m in ("st-cnn", "cnn")}
+    over_seeds = paired(acc["st-cnn"], acc["cnn"])
+    per_seed = [
+        compare_correct(s, c, n)
+        for s, c in zip(
+            r["st-cnn"]["test_correct_by_seed"], r["cnn"]["test_correct_by_seed"], strict=True
+        )
+    ]
+    return over_seeds, per_seed
+
+
+def _reduction(cnn: float, st: float) -> str:
+    return "—" if cnn <= 0 else f"{100 * (cnn - st) / cnn:.0f} %"
+
+
+def _row(kind: str, r: dict[str, Any], c: Comparison, paper: dict[str, dict[str, float]]):
+    ours = {m: 100 * r[m]["test_error"][0] for m in ("cnn", "st-cnn")}
+    theirs = {m: paper[name].get(kind) for m, name in _PAPER_MODELS.items()}
+    ratio = " / ".join(
+        "—" if theirs[m] is None else f"{ours[m] / theirs[m]:.1f}×" for m in ("cnn", "st-cnn")
+    )
+    return [
+        kind,
+        pm(r["cnn"]["test_error"]),
+        pm(r["st-cnn"]["test_error"]),
+        answer(c, "yes", "no: worse"),
+        _reduction(ours["cnn"], ours["st-cnn"]),
+        " / ".join("—" if v is None else f"{v:g} %" for v in theirs.values()),
+        "—" if None in theirs.values() else _reduction(theirs["cnn"], theirs["st-cnn"]),
+        ratio,
+    ]
+
+
+def _verdict(kind: str, c: Comparison, per_seed: list[Comparison], paper_better: bool) -> str:
+    said = compare(c, "the ST-CNN", "the CNN", higher="more accurate", lower="less accurate")
+    reproduced = c.significant and c.diff > 0
+    if paper_better:
+        tail = (
+            "the paper's gain is reproduced"
+            if reproduced
+            else "the paper's gain is **not** reproduced by this run's own test"
+        )
+    else:
+        tail = "the paper reports no gain here"
+    return f"{kind}: {said}; {tail}. {across_seeds(c, per_seed, a='the ST-CNN')}"
+
+
+def _undo_line(kind: str, what: str, s: dict[str, float]) -> str:
+    share = s["undone"]
+    word = (
+        "takes back most of"
+        if share >= 0.5
+        else "takes back part of"
+        if share >= 0.1
+        else "does not take back"
+    )
+    unit = "°" if what == "rotation" else " (log scale)"
+    return (
+        f"{kind} {what}: the first seed's ST-CNN {word} the drawn {what} — what is left after it "
+        f"spreads {s['residual_sd']:.3g}{unit} against {s['drawn_sd']:.3g}{unit} drawn "
+        f"({100 * share:.0f} % of the spread undone; correlation of learned with drawn "
+        f"{s['corr_learned_drawn']:+.2f}"
+        + ("; undoing means −1" if what == "rotation" else "; undoing means +1")
+        + ")."
+    )
+
+
+def _factor(m: dict[str, Any], paper: dict[str, dict[str, float]]) -> str:
+    """How far this run's errors sit from the paper's (the budget differs: say by how much)."""
+    ratios = [
+        100 * m["results"][k][model]["test_error"][0] / paper[name][k]
+        for k in m["distortions"]
+        for model, name in _PAPER_MODELS.items()
+        if paper[name].get(k)
+    ]
+    if not ratios:
+        return "No distortion of this run has a published number to compare."
+    return (
+        f"This run's errors are {min(ratios):.1f}× to {max(ratios):.1f}× the paper's "
+        f"(mean error, per distortion and model)."
+    )
+
+
+def stn_paper(folder: Path | None, baseline: Path | None = None) -> Section:
+    sec, m, _ = opening(STUDY, folder)
+    if m is None:
+        return sec
+    pub = published()["stn_paper"]
+    b = m["budget"]
+    seeds = len(m["results"][m["distortions"][0]]["cnn"]["per_seed_test_error"])
+    share = b["paper_images_per_model"] / max(b["images_per_model"], 1)
+    sec.paragraphs.append(
+        f"The paper's distorted-MNIST benchmark ({pub['source']}), regenerated from its appendix "
+        f"and trained here with the **{b['name']}** budget: {count(b['epochs'], 'epoch')} of "
+        f"{m['n_train']} distorted training images, SGD (momentum {b['momentum']:g}), batch "
+        f"{b['batch_size']}, lr {b['lr']:g} ({b['lr_schedule']}), {count(seeds, 'seed')} per model "
+        f"— each model sees {b['images_per_model']:,} images, 1/{share:.0f} of the paper's "
+        f"{b['paper_images_per_model']:,}. The last epoch is scored; nothing is chosen on test "
+        "data."
+    )
+    rows, bullets = [], []
+    for kind in m["distortions"]:
+        r = m["results"][kind]
+        c, per_seed = _tests(r, m["n_test"][kind])
+        rows.append(_row(kind, r, c, pub["error"]))
+        paper_better = pub["error"]["ST-CNN (affine)"][kind] < pub["error"]["CNN"][kind]
+        bullets.append(_verdict(kind, c, per_seed, paper_better))
+    sec.tables.append(
+        Table(
+            [
+                "distortion",
+                "CNN error",
+                "ST-CNN error",
+                "ST-CNN better (paired t)",
+                "error reduction",
+                "paper CNN / ST-CNN",
+                "paper reduction",
+                "ours ÷ paper (CNN / ST)",
+            ],
+            rows,
+            f"% test error, mean ± 95 % CI over seeds; {m['n_test'][m['distortions'][0]]} test "
+            f"images per distortion (fixed by seed; sha256 in metrics.json). Paper: "
+            f"{pub['source']}.",
+        )
+    )
+    sec.paragraphs.append(_factor(m, pub["error"]))
+    sec.bullets += bullets
+    for kind in m["distortions"]:
+        for what in ("rotation", "scale"):
+            if what in m["theta"][kind]:
+                sec.bullets.append(_undo_line(kind, what, m["theta"][kind][what]))
+    sec.figures += fig(folder, "paper_examples", "Distorted test inputs and the ST-CNN's outputs")
+    sec.figures += fig(
+        folder, "paper_learned_vs_drawn", "Learned θ rotation and scale against the drawn ones"
+    )
+    sec.figures += fig(folder, "paper_error_curves", "Test error per epoch (mean over seeds)")
+    return sec

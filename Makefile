@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.mnistlab-installed
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q --no-binary elasticdeform -e '.[dev,ray,mlflow,postgres]'
+	$(BIN)/python -m pip install -q --no-binary elasticdeform -e '.[dev,ray,mlflow,postgres,onnx]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -192,6 +192,8 @@ def test_auto_precision_never_picks_emulated_bf16(monkeypatch):
         ["--seed", "-1"],
         ["--epochs", "0"],
         ["--device", "cuda:x"],
+        ["--backend", "tensorrt"],
+        ["--backend", "onnxruntime", "--precision", "bf16"],
     ],
 )
 def test_fewshot_cli_bad_input_exits_2(argv, tmp_path, mnist, capsys):
@@ -249,3 +251,39 @@ def test_validation_chosen_heads_are_scored_once_and_consistently(tmp_path, mnis
         if r["val_lr"] == fewshot.FewshotConfig.lr:
             assert r["val_test_acc"] == r["val_epoch_same_lr_test_acc"]
     assert m["backbones"]["resnet18"]["table"][0]["seeds"] == 2
+
+
+# ----------------------------------------------------------------------------- ONNX Runtime
+
+
+def test_auto_backend_is_onnxruntime_only_for_fp32_on_a_cpu_with_the_extra(monkeypatch):
+    from mnistlab.train import features, onnx_backend
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(onnx_backend, "available", lambda: True)
+    assert features.resolve_backend("auto", "fp32", cpu) == "onnxruntime"
+    assert features.resolve_backend("auto", "bf16", cpu) == "torch"
+    assert features.resolve_backend("auto", "fp16", gpu) == "torch"
+    assert features.resolve_backend("torch", "fp32", cpu) == "torch"
+    with pytest.raises(MnistlabError, match="fp32 on a CPU only"):
+        features.resolve_backend("onnxruntime", "bf16", cpu)
+    monkeypatch.setattr(onnx_backend, "available", lambda: False)
+    assert features.resolve_backend("auto", "fp32", cpu) == "torch"  # the fallback
+    with pytest.raises(MnistlabError, match="mnistlab\\[onnx\\]"):
+        features.resolve_backend("onnxruntime", "fp32", cpu)
+
+
+def test_onnxruntime_features_equal_torchs_and_its_graph_is_cached(tmp_cache):
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    model = bb.build_model("resnet18", RANDOM, seed=2).eval()
+    images = torch.randint(0, 255, (10, 28, 28), dtype=torch.uint8)
+    head, cpu = bb.get_backbone("resnet18").head, torch.device("cpu")
+    ref = FrozenFeatures(model, head, cpu, "fp32", size=64).extract(images, batch_size=4)
+    ort = FrozenFeatures(model, head, cpu, "fp32", size=64, backend="onnxruntime")
+    assert ort.engine.startswith("onnxruntime-")
+    got = ort.extract(images, batch_size=4)
+    assert (got - ref).abs().max() <= 1e-5 * ref.abs().max()  # within 1e-5 relative
+    (graph,) = (tmp_cache / "onnx").iterdir()
+    graph.write_bytes(graph.read_bytes()[:-100])  # damaged: exported again, never used
+    again = FrozenFeatures(model, head, cpu, "fp32", size=64, backend="onnxruntime")
+    assert torch.equal(again.extract(images, batch_size=4), got)

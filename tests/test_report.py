@@ -544,3 +544,36 @@ def test_every_result_file_conforms_to_the_schema_its_readers_use(results):
         "$.stn.per_seed_final: missing",
         "$.baseline.final_test_acc: expected 2 items, got 1",
     ]
+
+
+# ----------------------------------------------------------------------------- stn-paper
+
+
+def test_paper_verdicts_follow_the_paired_test_and_say_when_the_transformer_collapsed(
+    results, tmp_path
+):
+    """'Reproduced' only where this run's own test says the ST-CNN is better; a θ that is the
+    same for every image is named a fixed warp. Both flip with the numbers."""
+    from mnistlab.report.sections.stn_paper import stn_paper
+
+    folder = _copy(results, tmp_path, "stn-paper")
+
+    def errors(st, cnn, spread):
+        def change(m):
+            m["results"]["R"]["st-cnn"]["per_seed_test_error"] = st
+            m["results"]["R"]["cnn"]["per_seed_test_error"] = cnn
+            m["theta"]["R"]["theta_sd_by_seed"] = spread
+
+        _edit(folder / "metrics.json", change)
+        return _text(stn_paper(folder))
+
+    text = errors([0.020, 0.021], [0.050, 0.052], [0.2, 0.3])
+    (r_line,) = [line for line in text.splitlines() if line.startswith("R: the ST-CNN")]
+    assert r_line.startswith("R: the ST-CNN is more accurate than the CNN by 3.05 points")
+    assert "the paper's gain is reproduced" in r_line
+    assert "R: in" not in text  # no collapse sentence for R
+    text = errors([0.050, 0.052], [0.020, 0.021], [0.0, 0.3])
+    (r_line,) = [line for line in text.splitlines() if line.startswith("R: the ST-CNN")]
+    assert r_line.startswith("R: the ST-CNN is less accurate than the CNN")
+    assert "the paper's gain is **not** reproduced" in r_line
+    assert "R: in 1 of 2 seeds the localisation network outputs the same θ" in text

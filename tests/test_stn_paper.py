@@ -27,7 +27,7 @@ def test_drawn_parameters_stay_in_the_papers_ranges(digits):
     rts = distort(x, y, "RTS", 0).params
     assert rts["angle_deg"].abs().max() <= 45 and rts["angle_deg"].abs().max() > 40
     assert rts["scale"].min() >= 0.7 and rts["scale"].max() <= 1.2
-    for kind, key, std in (("P", "corner_moves_px", 5.0), ("E", "point_moves_px", 1.5)):
+    for kind, key, std in (("P", "corner_stretch_px", 5.0), ("E", "point_moves_px", 1.5)):
         p = distort(x, y, kind, 0).params
         assert p["scale"].min() >= 0.75 and p["scale"].max() <= 1.0
         assert abs(p[key].std().item() - std) < 0.1 * std and abs(p[key].mean().item()) < 0.1 * std
@@ -122,8 +122,9 @@ def test_stn_paper_study_runs_and_resumes_to_the_same_numbers(tmp_path, mnist):
         for model in stn_paper.MODELS:
             r = ref["results"][kind][model]
             assert len(r["per_seed_test_error"]) == 2 and len(r["test_acc_curve"]) == 2
-    assert set(ref["theta"]["R"]) == {"mean_scale", "rotation"}
-    assert set(ref["theta"]["RTS"]) == {"mean_scale", "rotation", "scale"}
+    assert set(ref["theta"]["R"]) == {"mean_scale", "rotation", "theta_sd_by_seed"}
+    assert set(ref["theta"]["RTS"]) == {"mean_scale", "rotation", "scale", "theta_sd_by_seed"}
+    assert len(ref["theta"]["E"]["theta_sd_by_seed"]) == 2
     for f in ("paper_examples.png", "paper_learned_vs_drawn.png", "paper_error_curves.png"):
         assert (tmp_path / "ref" / f).is_file()
     with pytest.raises(KeyboardInterrupt):  # the sixth cell (P, ST-CNN), second epoch

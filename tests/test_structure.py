@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mnistlab import registry
+from mnistlab.errors import MnistlabError
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "mnistlab"
 MAX_LINES = 60
@@ -133,3 +134,16 @@ def test_every_profile_builds_a_config_for_every_study(profile):
     assert all(c.seed == 3 and c.device == "cpu" for c in configs.values())
     if profile == "quick":
         assert configs["stn"].epochs < registry.get("stn").config().epochs
+
+
+def test_opt_in_studies_run_in_run_all_only_when_named():
+    assert registry.OPT_IN == ("stn-paper",)
+    assert "stn-paper" not in [s.name for s in registry.in_protocol("both")]
+    named = [s.name for s in registry.in_protocol("both", ("stn-paper",))]
+    assert named.index("stn-paper") == named.index("stn-deform") + 1  # in registry order
+    with pytest.raises(MnistlabError, match="runs anyway"):
+        registry.in_protocol("both", ("stn",))
+    with pytest.raises(MnistlabError, match="specified protocol"):
+        registry.in_protocol("best", ("stn-paper",))
+    configs = registry.profile_configs("quick", protocol="specified", with_=("stn-paper",))
+    assert configs["stn-paper"].epochs < registry.get("stn-paper").config().epochs_run

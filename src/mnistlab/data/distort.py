@@ -8,9 +8,13 @@ names where it comes from (see the README's design decisions for what the append
 - **RTS** — rotation uniformly in ±45°, scale uniformly in [0.7, 1.2], "placed at a random
   location in a 42×42 image" (appendix). *Our reading:* uniformly among the positions at which
   the whole rotated and scaled digit (its ink bounding box) lies on the canvas.
-- **P** — scale uniformly in [0.75, 1.0], then each of the four image corners moved by an offset
-  drawn from N(0, 5 px) in x and y (appendix: "stretching each corner … 5 pixel standard
-  deviation"): the projective map that sends the corners to their moved places. Output 28×28.
+- **P** — scale uniformly in [0.75, 1.0], then "stretching each corner … by an amount sampled
+  from a normal distribution with zero mean and 5 pixel standard deviation" (appendix). *Our
+  reading:* each corner of the frame moves along its diagonal, outwards by a signed N(0, 5 px)
+  amount; the projective map sends the corners to their moved places. (Moving each corner by
+  N(0, 5 px) in x *and* y instead — our first reading — folded many digits to a stroke: 12.6 %
+  of the training digits kept under half the ink their scale predicts, against 6.3 % now, and
+  the CNN reached 14 % test error against the paper's 1.5 %.) Output 28×28.
 - **E** — scale uniformly in [0.75, 1.0], then 16 control points of a thin-plate spline on a
   regular 4×4 grid moved by N(0, 1.5 px) in x and y (appendix). *Our choice:* the points sit at
   the centres of a 4×4 tiling of the 28×28 frame (3.5, 10.5, 17.5, 24.5 px). Output 28×28.
@@ -188,10 +192,11 @@ def _homographies(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
 def projective(images: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, dict]:
     n = len(images)
     scale = _uniform(u[:, 0], *P_SCALE)
-    moves = _normal(u[:, 1:9], P_CORNER_STD).view(n, 4, 2)
+    stretch = _normal(u[:, 1:5], P_CORNER_STD)  # per corner, outwards along its diagonal
     frame = torch.tensor([[0.0, 0.0], [28.0, 0.0], [0.0, 28.0], [28.0, 28.0]], dtype=torch.float64)
-    shrunk = (frame - 14.0) * scale[:, None, None] + 14.0
-    h = _homographies(shrunk + moves, frame.expand(n, 4, 2))  # output corner → source corner
+    outwards = (frame - 14.0) / (14.0 * 2**0.5)  # unit vectors from the centre to each corner
+    moved = (frame - 14.0) * scale[:, None, None] + 14.0 + stretch[..., None] * outwards
+    h = _homographies(moved, frame.expand(n, 4, 2))  # output corner → source corner
     p = _centres(28).reshape(-1, 2)
     ph = torch.cat([p, torch.ones(len(p), 1, dtype=torch.float64)], 1)
 
@@ -200,7 +205,7 @@ def projective(images: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, dic
         return (q[..., :2] / q[..., 2:]).view(b - a, 28, 28, 2)
 
     out = _sample(images, 28, sources)
-    return out, {"scale": scale.float(), "corner_moves_px": moves.float()}
+    return out, {"scale": scale.float(), "corner_stretch_px": stretch.float()}
 
 
 def _tps_basis(points: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
@@ -239,7 +244,7 @@ def elastic_tps(images: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, di
     return out, {"scale": scale.float(), "point_moves_px": moves.float()}
 
 
-_MAKERS = {"R": (rotated, 1), "RTS": (rts, 4), "P": (projective, 9), "E": (elastic_tps, 33)}
+_MAKERS = {"R": (rotated, 1), "RTS": (rts, 4), "P": (projective, 5), "E": (elastic_tps, 33)}
 
 
 def distort(

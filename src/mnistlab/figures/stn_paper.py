@@ -30,7 +30,9 @@ def examples(out: Path, shown: dict[str, tuple[np.ndarray, np.ndarray]]) -> None
         rows += [_padded(inputs, side), _padded(warped, side)]
         labels += [f"{kind} input", f"{kind} ST out"]
     fig = image_grid(np.stack(rows), row_labels=labels)
-    fig.suptitle("distorted test inputs and the ST-CNN's transformed versions (seed 0)", fontsize=9)
+    fig.suptitle(
+        "distorted test inputs and the ST-CNN's transformed versions (seed 0)", fontsize=9, y=1.01
+    )
     save_figure(fig, out / "paper_examples")
 
 

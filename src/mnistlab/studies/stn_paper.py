@@ -237,10 +237,10 @@ def _compute(config: STNPaperConfig, run_: StudyRun) -> dict[str, Any]:
         digests[kind], n_test[kind] = test.digest(), len(test)
         cells_ = {m: runs.read_finished(run_.out / "cells" / f"{kind}_{m}.json") for m in MODELS}
         results[kind] = {m: _summary(c) for m, c in cells_.items()}
-        state = load_checkpoint(_weights(run_.out, kind, "st-cnn", config.seed))["model"]
-        net = solo(PaperNet(True, SIZES[kind]), state).to(run_.device)
-        theta, warped = thetas_and_outputs(net, test.images, run_.device)
+        seeds = [_theta_of(run_, kind, config.seed + i, test) for i in range(config.seeds)]
+        theta, warped = seeds[0]
         thetas[kind], learned = undoing(decompose_theta(theta), test.params)
+        thetas[kind]["theta_sd_by_seed"] = [float(t.reshape(-1, 6).std(0).max()) for t, _ in seeds]
         shown[kind] = (test.images[:8].numpy(), warped[:8].numpy(), learned)
     figures.examples(run_.out, {k: v[:2] for k, v in shown.items()})
     figures.learned_vs_drawn(run_.out, {k: v[2] for k, v in shown.items()})
@@ -258,6 +258,13 @@ def _compute(config: STNPaperConfig, run_: StudyRun) -> dict[str, Any]:
         "device": str(run_.device),
         "wall_seconds": time.perf_counter() - t0,
     }
+
+
+def _theta_of(run_: StudyRun, kind: str, seed: int, test: Distorted):
+    """(θ of every test image, the warped images) of one seed's ST-CNN."""
+    state = load_checkpoint(_weights(run_.out, kind, "st-cnn", seed))["model"]
+    net = solo(PaperNet(True, SIZES[kind]), state).to(run_.device)
+    return thetas_and_outputs(net, test.images, run_.device)
 
 
 def _budget(config: STNPaperConfig, n_train: int) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mnistlab.errors import CorruptFileError
+from mnistlab.errors import CorruptFileError, MnistlabError
 from mnistlab.io import atomic_write_bytes, atomic_write_text
 from mnistlab.progress import Progress
 from mnistlab.progress import default as default_progress
@@ -28,6 +28,7 @@ from mnistlab.train.devices import fast_cpu_bf16
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BACKENDS = ("auto", "torch", "onnxruntime")
 
 
 def preprocessing_spec(size: int) -> str:
@@ -61,6 +62,27 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def resolve_backend(backend: str, precision: str, device: torch.device) -> str:
+    """``auto``: ONNX Runtime where features are fp32 on a CPU and the extra is installed
+    (1.50× torch there: ``train/onnx_backend.py``), torch everywhere else. An explicit
+    ``onnxruntime`` it cannot serve is one clear error."""
+    from mnistlab.train import onnx_backend
+
+    fits = device.type == "cpu" and precision == "fp32"
+    if backend == "auto":
+        return "onnxruntime" if fits and onnx_backend.available() else "torch"
+    if backend == "onnxruntime" and not fits:
+        raise MnistlabError(
+            f"--backend onnxruntime runs fp32 on a CPU only (here: {precision} on {device.type});"
+            " use --precision fp32 --device cpu, or --backend torch"
+        )
+    if backend == "onnxruntime" and not onnx_backend.available():
+        raise MnistlabError(
+            f"--backend onnxruntime: ONNX Runtime is not installed; {onnx_backend.INSTALL}"
+        )
+    return backend
+
+
 def autocast(precision: str, device: torch.device):
     if precision == "fp32":
         return nullcontext()
@@ -78,6 +100,7 @@ class FrozenFeatures:
         device: torch.device,
         precision: str,
         size: int = 224,
+        backend: str = "torch",
     ):
         import copy
 
@@ -86,12 +109,29 @@ class FrozenFeatures:
         parent, _, attr = head_path.rpartition(".")
         setattr(self.body.get_submodule(parent) if parent else self.body, attr, nn.Identity())
         self.body = _fuse_conv_bn(self.body).to(memory_format=torch.channels_last)
-        self.device, self.precision, self.size = device, precision, size
+        self.device, self.precision, self.size, self.backend = device, precision, size, backend
+        self.ort = None
+        if backend == "onnxruntime":
+            from mnistlab.train.onnx_backend import OrtBody
+
+            self.ort = OrtBody(self.body, size)
+
+    @property
+    def engine(self) -> str:
+        """What computed the features, for the feature-cache key (torch keeps its old keys)."""
+        if self.ort is None:
+            return "torch"
+        from mnistlab.train.onnx_backend import version
+
+        return f"onnxruntime-{version()}"
 
     @torch.no_grad()  # not inference_mode: the uncached path feeds these into a trained head
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = preprocess(images, self.device, self.size)
+        if self.ort is not None:
+            return self.ort(x)
         with autocast(self.precision, self.device):
-            out = self.body(preprocess(images, self.device, self.size))
+            out = self.body(x)
         return out.float()
 
     def extract(

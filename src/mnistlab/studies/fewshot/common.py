@@ -11,7 +11,7 @@ from mnistlab.config import SEED_MAX, check_device, flag_of, option, validate
 from mnistlab.data import COUNTS, balanced_subset
 from mnistlab.errors import MnistlabError
 from mnistlab.models.backbones import get_backbone
-from mnistlab.train.features import PRECISIONS
+from mnistlab.train.features import BACKENDS, PRECISIONS, resolve_backend
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,11 @@ class FewshotConfig:
     )
     weights: tuple[tuple[str, str], ...] = option((), "(backbone, path|random) overrides", cli="")
     precision: str = option("auto", "feature extraction arithmetic", choices=PRECISIONS)
+    backend: str = option(
+        "auto",
+        "frozen-feature engine (auto: ONNX Runtime for fp32 on a CPU when installed)",
+        choices=BACKENDS,
+    )
     cache: bool = option(True, "cache frozen features on disk", cli="")
     test_limit: int | None = option(
         None, "use the first N test images", lo=1, hi=sum(COUNTS["test"])
@@ -73,6 +78,10 @@ class FewshotConfig:
             if name != "*":
                 get_backbone(name)
         check_device(self.device)
+        if self.backend == "onnxruntime":  # what can be told before the device is resolved
+            precision = "fp32" if self.precision == "auto" else self.precision
+            kind = "cpu" if self.device == "auto" else self.device.partition(":")[0]
+            resolve_backend("onnxruntime", precision, torch.device(kind))
 
 
 def seed_splits(labels: torch.Tensor, cfg: FewshotConfig) -> dict[int, dict[str, Any]]:

@@ -24,6 +24,7 @@ from mnistlab.train.features import (
     feature_key,
     images_digest,
     preprocessing_spec,
+    resolve_backend,
     resolve_precision,
 )
 
@@ -38,11 +39,13 @@ def features(
     progress: Progress,
 ) -> torch.Tensor:
     """Features of ``images`` from the tool's feature cache, computed and stored on a miss."""
+    engine = [] if extractor.engine == "torch" else [extractor.engine]  # torch: the old keys
     key = feature_key(
         name,
         weights_digest,
         preprocessing_spec(extractor.size),
         extractor.precision,
+        *engine,
         images_digest(images),
     )
     feats, hit = cached_features(
@@ -157,6 +160,7 @@ class FeaturePool:
 
     weights: ResolvedWeights
     precision: str
+    engine: str  # what computed the features: torch, or onnxruntime-<version>
     splits: dict[int, dict[str, Any]]
     pool_idx: torch.Tensor  # training-set rows any seed draws from
     y_train: torch.Tensor
@@ -182,6 +186,7 @@ def feature_pool(
     """Draw every seed's sets, build the frozen backbone once, and compute (or load) the
     features of the rows any draw uses and of the test images."""
     precision = resolve_precision(cfg.precision, device)
+    backend = resolve_backend(cfg.backend, precision, device)
     x_train, y_train = load_mnist("train", data_dir)
     x_test, y_test = load_mnist("test", data_dir)
     if cfg.test_limit is not None:
@@ -192,7 +197,7 @@ def feature_pool(
         torch.cat([torch.cat([sp["val"], *sp["sizes"].values()]) for sp in splits.values()])
     )
     head = get_backbone(name).head
-    frozen = FrozenFeatures(model, head, device, precision, cfg.image_size)
+    frozen = FrozenFeatures(model, head, device, precision, cfg.image_size, backend)
     x, prepare, extract_seconds = inputs(
         cfg, name, weights, frozen, x_train, x_test, pool_idx, progress
     )
@@ -206,5 +211,13 @@ def feature_pool(
         cached=prepare is None,
     )
     return FeaturePool(
-        weights, precision, splits, pool_idx, y_train, y_test, heads, extract_seconds
+        weights,
+        precision,
+        frozen.engine,
+        splits,
+        pool_idx,
+        y_train,
+        y_test,
+        heads,
+        extract_seconds,
     )

@@ -109,6 +109,7 @@ def run_backbone(
         "random_weights": weights.is_random,
         "variant": weights.variant,
         "precision": fp.precision,
+        "feature_engine": fp.engine,
         "device": str(device),
         "cached": cfg.cache,
         "n_test": len(fp.y_test),

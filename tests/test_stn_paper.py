@@ -148,3 +148,37 @@ def _without_seconds(obj):
 def test_stn_paper_config_refuses_bad_values(bad):
     with pytest.raises(MnistlabError):
         stn_paper.STNPaperConfig(**bad)
+
+
+def test_a_slower_localisation_network_takes_scaled_sgd_steps():
+    from mnistlab.train.engine import _column_scale
+    from mnistlab.train.optim import StackedOptimizer
+
+    flat = torch.zeros(2, 4)
+    opt = StackedOptimizer(
+        flat,
+        kind="sgd",
+        lr=[0.1, 0.2],
+        weight_decay=[0.0, 0.0],
+        n_decay=0,
+        column_scale=torch.tensor([1.0, 1.0, 0.1, 0.1]),
+    )
+    opt.grad.fill_(1.0)
+    opt.step(torch.ones(2, dtype=torch.bool), (0, 1))
+    torch.testing.assert_close(
+        flat, -torch.tensor([[0.1, 0.1, 0.01, 0.01], [0.2, 0.2, 0.02, 0.02]])
+    )
+    with pytest.raises(ValueError, match="SGD only"):
+        StackedOptimizer(
+            flat,
+            kind="adam",
+            lr=[0.1, 0.1],
+            weight_decay=[0, 0],
+            n_decay=0,
+            column_scale=torch.ones(4),
+        )
+    cpu = torch.device("cpu")
+    names = ["classifier.fc.weight", "fc_loc.2.bias", "localization.0.weight"]
+    scale = _column_scale(StackedPaperNet(True, cpu, 0.1), names, [2, 1, 3], cpu)
+    torch.testing.assert_close(scale, torch.tensor([1.0, 1.0, 0.1, 0.1, 0.1, 0.1]))
+    assert _column_scale(StackedPaperNet(True, cpu), names, [2, 1, 3], cpu) is None  # default

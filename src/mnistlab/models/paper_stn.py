@@ -84,6 +84,14 @@ class StackedPaperNet(StackedSTN):
 
     dropout = 0.0
 
+    def __init__(self, use_stn: bool, device: torch.device, loc_lr_scale: float = 1.0):
+        super().__init__(use_stn, device)
+        self.loc_lr_scale = loc_lr_scale
+
+    def lr_scale(self, name: str) -> float:
+        """The localisation network may learn slower than the classifier (SGD only)."""
+        return self.loc_lr_scale if name.startswith(("localization.", "fc_loc.")) else 1.0
+
     def classify(
         self, p: dict[str, torch.Tensor], g: torch.Tensor, step: stack.Step
     ) -> torch.Tensor:

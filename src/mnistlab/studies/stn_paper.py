@@ -150,6 +150,7 @@ def train_model(
     device: torch.device,
     checkpoint: Path | None,
     progress: Progress,
+    loc_lr_scale: float = 1.0,
 ) -> StackResult:
     """``group`` (one model on one distortion) as one stack. ``pool`` holds the training
     images first (``n_train``), then the images scored after each epoch (``test``)."""
@@ -157,7 +158,7 @@ def train_model(
     for m in group:
         m.train = torch.arange(n_train)
     return train_stack(
-        StackedPaperNet(use_stn, device),
+        StackedPaperNet(use_stn, device, loc_lr_scale),
         group,
         pool,
         schedule,

@@ -211,6 +211,19 @@ def _batch_group(stack: Stack) -> int:
     return 1
 
 
+def _column_scale(
+    arch: Arch, names: list[str], sizes: list[int], device: torch.device
+) -> torch.Tensor | None:
+    """``[P]`` learning-rate multipliers laid out like ``Stack.flat`` from the architecture's
+    optional ``lr_scale(name)``; None when it has none or every multiplier is 1."""
+    scale = getattr(arch, "lr_scale", None)
+    if scale is None or all(scale(n) == 1.0 for n in names):
+        return None
+    return torch.cat(
+        [torch.full((size,), float(scale(n))) for n, size in zip(names, sizes, strict=True)]
+    ).to(device)
+
+
 def _pad(rows: list[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, list[int]]:
     """Index lists of different lengths → ``[K, max]`` (padded with 0) and the lengths."""
     counts = [len(r) for r in rows]
@@ -259,6 +272,7 @@ class Stack:
             weight_decay=[m.weight_decay for m in members],
             n_decay=n_decay,
             momentum=schedule.momentum,
+            column_scale=_column_scale(arch, names, sizes, device),
         )
         self.order_gens = [torch.Generator().manual_seed(_derive(m.seed, "order")) for m in members]
         self.noise_gens = [

@@ -36,11 +36,16 @@ class StackedOptimizer:
         momentum: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        column_scale: torch.Tensor | None = None,
     ):
         """``flat`` [K, P] parameters whose first ``n_decay`` columns take L2; per-member
-        ``lr`` and ``weight_decay``."""
+        ``lr`` and ``weight_decay``; ``column_scale`` [P] multiplies each parameter's SGD step
+        (e.g. a slower localisation network), None: 1 everywhere."""
         if kind not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {kind!r}")
+        if column_scale is not None and kind != "sgd":
+            raise ValueError("per-parameter learning-rate scales are implemented for SGD only")
+        self.column_scale = column_scale
         self.flat, self.kind, self.n_decay = flat, kind, n_decay
         self.lr, self.weight_decay = list(lr), list(weight_decay)
         self.momentum, self.betas, self.eps = momentum, betas, eps
@@ -119,6 +124,8 @@ class StackedOptimizer:
             buf.copy_(new if everyone else torch.where(on, new, buf))
             g = new
         update = (self._lr_t * self.lr_factor) * g
+        if self.column_scale is not None:
+            update = update * self.column_scale
         self.flat.sub_(update if everyone else torch.where(on, update, torch.zeros_like(update)))
 
     def state_dict(self) -> dict:

@@ -126,3 +126,21 @@ def check_device(value: Any) -> str:
     if kind not in DEVICES or (index and (kind == "auto" or not index.isdigit())):
         raise MnistlabError(f"unknown device {value!r}; choose one of: {', '.join(DEVICES)}")
     return value
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageLimits:
+    """What the image studies share: hidden limits for tests and benchmarks, and the device.
+    (Configs hash over sorted field names, so a base class changes no results folder.)"""
+
+    limit_train: int | None = option(
+        None, "use the first N training images", cli="hidden", lo=1, hi=10**7
+    )
+    limit_test: int | None = option(
+        None, "use the first N test images", cli="hidden", lo=1, hi=10**7
+    )
+    device: str = option("auto", "auto (CUDA, MPS, CPU), cpu, cuda, cuda:N or mps")
+
+    def __post_init__(self) -> None:
+        validate(self)
+        check_device(self.device)

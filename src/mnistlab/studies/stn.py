@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from mnistlab import runs, schemas
-from mnistlab.config import SEED_MAX, check_device, option, validate
+from mnistlab.config import SEED_MAX, ImageLimits, option
 from mnistlab.data import COUNTS, load_mnist
 from mnistlab.executors import Cell, host_info
 from mnistlab.models.stn import StackedSTN, STNNet, init_stn, to_input
@@ -38,7 +38,7 @@ MODELS = ("stn", "baseline")  # with and without the transformer
 
 
 @dataclass(frozen=True)
-class STNConfig:
+class STNConfig(ImageLimits):
     """Tutorial defaults: SGD lr 0.01, batch 64, 20 epochs."""
 
     epochs: int = option(20, "training epochs per model", unit="epochs", lo=1, hi=10_000)
@@ -56,17 +56,6 @@ class STNConfig:
         lo=1,
         hi=10**7,
     )
-    limit_train: int | None = option(
-        None, "use the first N training images", cli="hidden", lo=1, hi=10**7
-    )
-    limit_test: int | None = option(
-        None, "use the first N test images", cli="hidden", lo=1, hi=10**7
-    )
-    device: str = option("auto", "auto (CUDA, MPS, CPU), cpu, cuda, cuda:N or mps")
-
-    def __post_init__(self) -> None:
-        validate(self)
-        check_device(self.device)
 
 
 # ------------------------------------------------------------------------------ θ analysis

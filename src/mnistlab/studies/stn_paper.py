@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from mnistlab import runs
-from mnistlab.config import SEED_MAX, check_device, option, validate
+from mnistlab.config import SEED_MAX, ImageLimits, option
 from mnistlab.data import COUNTS, load_mnist
 from mnistlab.data.distort import DISTORTIONS, SIZES, Distorted, distort
 from mnistlab.errors import MnistlabError
@@ -78,7 +78,7 @@ PAPER_IMAGES = 150_000 * 256  # training images the paper's schedule shows each 
 
 
 @dataclass(frozen=True)
-class STNPaperConfig:
+class STNPaperConfig(ImageLimits):
     """The four distortions, both models, three seeds, the CPU budget."""
 
     distortions: tuple[str, ...] = option(
@@ -93,17 +93,9 @@ class STNPaperConfig:
     data_seed: int = option(
         0, "seed of the distortions (train and test)", cli="", lo=0, hi=SEED_MAX
     )
-    limit_train: int | None = option(
-        None, "use the first N training images", cli="hidden", lo=1, hi=10**7
-    )
-    limit_test: int | None = option(
-        None, "use the first N test images", cli="hidden", lo=1, hi=10**7
-    )
-    device: str = option("auto", "auto (CUDA, MPS, CPU), cpu, cuda, cuda:N or mps")
 
     def __post_init__(self) -> None:
-        validate(self)
-        check_device(self.device)
+        super().__post_init__()
         if len(set(self.distortions)) != len(self.distortions):
             raise MnistlabError("--distortions: name each distortion once")
 

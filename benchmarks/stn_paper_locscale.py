@@ -60,7 +60,7 @@ def main() -> None:
         res = train_model(
             kind,
             "st-cnn",
-            members(kind, "st-cnn", range(args.seeds), plan.lr),
+            members(kind, "st-cnn", range(args.seeds), plan.lr, n_train),
             plan.schedule(),
             pool,
             n_train,

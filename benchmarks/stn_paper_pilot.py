@@ -48,7 +48,7 @@ def main() -> None:
         pool = Pool(data.images, data.labels)
         n_train = len(data) - VALIDATION
         for model in MODELS:
-            group = [m for lr in lrs for m in members(kind, model, range(1), lr)]
+            group = [m for lr in lrs for m in members(kind, model, range(1), lr, n_train)]
             t0 = time.perf_counter()
             res = train_model(
                 kind,

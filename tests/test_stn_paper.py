@@ -182,3 +182,10 @@ def test_a_slower_localisation_network_takes_scaled_sgd_steps():
     scale = _column_scale(StackedPaperNet(True, cpu, 0.1), names, [2, 1, 3], cpu)
     torch.testing.assert_close(scale, torch.tensor([1.0, 1.0, 0.1, 0.1, 0.1, 0.1]))
     assert _column_scale(StackedPaperNet(True, cpu), names, [2, 1, 3], cpu) is None  # default
+    # a checkpoint made with other scales belongs to another stack; without scales, old prints
+    from mnistlab.models.stn import StackedSTN
+    from mnistlab.train.engine import _shape_of
+
+    slow, plain = StackedPaperNet(True, cpu, 0.1), StackedPaperNet(True, cpu)
+    assert _shape_of(slow, names) != _shape_of(plain, names)
+    assert _shape_of(StackedSTN(True, cpu), names) == repr(sorted(names))

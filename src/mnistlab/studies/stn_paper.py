@@ -116,14 +116,15 @@ def distorted(kind: str, split: str, limit: int | None, data_seed: int, data_dir
     return distort(images, labels, kind, data_seed, split)
 
 
-def members(kind: str, model: str, seeds: range, lr: float) -> list[Member]:
-    """One member per seed: the paper's net for ``kind``'s image size, drawn from the seed."""
+def members(kind: str, model: str, seeds: range, lr: float, n_train: int) -> list[Member]:
+    """One member per seed: the paper's net for ``kind``'s image size, drawn from the seed,
+    trained on the pool's first ``n_train`` images."""
     use_stn, size = model == "st-cnn", SIZES[kind]
     return [
         Member(
             seed=s,
             state=init_paper_net(use_stn, size, s).state_dict(),
-            train=torch.empty(0, dtype=torch.long),  # set by train_model
+            train=torch.arange(n_train),
             lr=lr,
             meta={"distortion": kind, "model": model, "seed": s, "lr": lr},
         )
@@ -147,8 +148,6 @@ def train_model(
     """``group`` (one model on one distortion) as one stack. ``pool`` holds the training
     images first (``n_train``), then the images scored after each epoch (``test``)."""
     use_stn = model == "st-cnn"
-    for m in group:
-        m.train = torch.arange(n_train)
     return train_stack(
         StackedPaperNet(use_stn, device, loc_lr_scale),
         group,
@@ -177,7 +176,7 @@ def _cell(cfg: STNPaperConfig, out: Path, kind: str, model: str, env: StudyRun) 
         res = train_model(
             kind,
             model,
-            members(kind, model, seeds, cfg.plan.lr),
+            members(kind, model, seeds, cfg.plan.lr, len(train)),
             cfg.plan.schedule(cfg.epochs_run),
             pool,
             len(train),

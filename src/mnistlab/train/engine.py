@@ -211,6 +211,14 @@ def _batch_group(stack: Stack) -> int:
     return 1
 
 
+def _shape_of(arch: Arch, trainable: Collection[str]) -> str:
+    """What of the architecture shapes training beside the members: the trainable tensors and
+    their learning-rate scales (a checkpoint made with other scales is never resumed)."""
+    names = sorted(trainable)
+    scale = getattr(arch, "lr_scale", None)
+    return repr(names if scale is None else [(n, float(scale(n))) for n in names])
+
+
 def _column_scale(
     arch: Arch, names: list[str], sizes: list[int], device: torch.device
 ) -> torch.Tensor | None:
@@ -660,7 +668,7 @@ def train_stack(
         stack = Stack(arch, members, schedule, trainable, device)
         return _Trainer(stack, pool, prepare, _Evaluator(stack, eval_pool, eval_prepare, evals))
 
-    print_ = fingerprint(members, schedule, repr(sorted(trainable)))
+    print_ = fingerprint(members, schedule, _shape_of(arch, trainable))
     t, start = _resume(fresh, checkpoint, print_, progress, description)
     steps = math.ceil(max(t.counts) / schedule.batch_size)  # batches per epoch
     task = progress.task(f"{description} ({schedule.epochs} epochs)", schedule.epochs * steps)

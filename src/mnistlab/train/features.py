@@ -64,7 +64,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 def resolve_backend(backend: str, precision: str, device: torch.device) -> str:
     """``auto``: ONNX Runtime where features are fp32 on a CPU and the extra is installed
-    (1.50× torch there: ``train/onnx_backend.py``), torch everywhere else. An explicit
+    (1.72× torch there: ``train/onnx_backend.py``), torch everywhere else. An explicit
     ``onnxruntime`` it cannot serve is one clear error."""
     from mnistlab.train import onnx_backend
 
@@ -109,7 +109,7 @@ class FrozenFeatures:
         parent, _, attr = head_path.rpartition(".")
         setattr(self.body.get_submodule(parent) if parent else self.body, attr, nn.Identity())
         self.body = _fuse_conv_bn(self.body).to(memory_format=torch.channels_last)
-        self.device, self.precision, self.size, self.backend = device, precision, size, backend
+        self.device, self.precision, self.size = device, precision, size
         self.ort = None
         if backend == "onnxruntime":
             from mnistlab.train.onnx_backend import OrtBody

@@ -1,10 +1,11 @@
 """ONNX Runtime as the engine of frozen fp32 features on a CPU (the optional extra ``onnx``).
 
-Measured on the real pipeline (``benchmarks/onnx_bench.py``: MNIST images, the fused head-less
-ResNet-50, batches of 64, 2 threads): ONNX Runtime 25.2 img/s against torch's fp32 16.8 (1.50×),
-features within 1.3e-6 relative — so where features are computed in fp32 on a CPU, ``auto``
-uses it when it is installed. Where bf16 matrix units exist ``auto`` extracts in bf16 with torch
-(34.7 img/s there, faster than both), and without the extra torch is the fallback.
+Measured on the real pipeline through this module (``benchmarks/onnx_bench.py``: MNIST images,
+the fused head-less ResNet-50, batches of 64, 2 threads): ONNX Runtime 23.6 img/s against
+torch's fp32 13.7 (1.72×), features within 1.2e-6 relative — so where features are computed in
+fp32 on a CPU, ``auto`` uses it when it is installed. Where bf16 matrix units exist ``auto``
+extracts in bf16 with torch (33.9 img/s there, faster than both), and without the extra torch
+is the fallback.
 
 The fused fp32 body is exported once per (weights, input size, torch version) and kept in the
 tool cache with its digest (``io.write_verified``); a damaged file is re-exported, never used.

@@ -402,3 +402,14 @@ def test_stacks_trained_apart_merge_into_one_result():
         assert [r["val_loss"] for r in merged.rows(k)] == pytest.approx(
             [r["val_loss"] for r in whole.rows(k)], abs=TOL
         )
+
+
+def test_freed_memory_is_kept_where_glibc_allows_it():
+    import platform
+
+    from mnistlab.train import allocator
+
+    kept = allocator.keep_freed_memory()
+    assert allocator.keep_freed_memory() is kept  # once per process
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert kept is True

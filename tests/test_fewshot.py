@@ -256,19 +256,17 @@ def test_validation_chosen_heads_are_scored_once_and_consistently(tmp_path, mnis
 # ----------------------------------------------------------------------------- ONNX Runtime
 
 
-def test_auto_backend_is_onnxruntime_only_for_fp32_on_a_cpu_with_the_extra(monkeypatch):
+def test_auto_backend_is_torch_and_onnxruntime_only_where_it_can_serve(monkeypatch):
     from mnistlab.train import features, onnx_backend
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(onnx_backend, "available", lambda: True)
-    assert features.resolve_backend("auto", "fp32", cpu) == "onnxruntime"
-    assert features.resolve_backend("auto", "bf16", cpu) == "torch"
-    assert features.resolve_backend("auto", "fp16", gpu) == "torch"
-    assert features.resolve_backend("torch", "fp32", cpu) == "torch"
+    for precision, device in (("fp32", cpu), ("bf16", cpu), ("fp16", gpu)):
+        assert features.resolve_backend("auto", precision, device) == "torch"
+    assert features.resolve_backend("onnxruntime", "fp32", cpu) == "onnxruntime"
     with pytest.raises(MnistlabError, match="fp32 on a CPU only"):
         features.resolve_backend("onnxruntime", "bf16", cpu)
     monkeypatch.setattr(onnx_backend, "available", lambda: False)
-    assert features.resolve_backend("auto", "fp32", cpu) == "torch"  # the fallback
     with pytest.raises(MnistlabError, match="mnistlab\\[onnx\\]"):
         features.resolve_backend("onnxruntime", "fp32", cpu)
 

@@ -112,6 +112,36 @@ def to_groups(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tens
     return x.transpose(0, 1).reshape(b, k * c, h, w).contiguous(memory_format=memory_format)
 
 
+class _OneChannelConv(torch.autograd.Function):
+    """A grouped convolution with one input channel per group whose *input* needs a gradient
+    (the STN classifier's first layer, fed by the transformer), on the CPU: forward and kernel
+    gradient in the channels-last layout, as elsewhere, but the input gradient through
+    ``torch.nn.grad.conv2d_input``, which returns NCHW. oneDNN's channels-last input gradient
+    for this shape is a poor kernel: 4.3–4.6 ms against 2.0–2.8 ms for ``[64, 3, 28, 28]`` → 30
+    channels on the 2-core EPYC, while NCHW is 3–6× slower for the forward and the kernel
+    gradient (the step: ``benchmarks/stn_kernels.py``). Same products, another summation order."""
+
+    @staticmethod
+    def forward(ctx, g: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor, groups: int):
+        ctx.save_for_backward(g, kernel)
+        ctx.groups = groups
+        return F.conv2d(g, kernel, bias, groups=groups)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        g, kernel = ctx.saved_tensors
+        need_g, need_w, need_b = ctx.needs_input_grad[:3]
+        gi = gw = gb = None
+        if need_g:
+            gi = torch.nn.grad.conv2d_input(g.shape, kernel, grad, groups=ctx.groups)
+        if need_w or need_b:
+            _, gw, gb = torch.ops.aten.convolution_backward(
+                grad, g, kernel, [kernel.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0],
+                ctx.groups, [False, need_w, need_b],
+            )  # fmt: skip
+        return gi, gw, gb, None
+
+
 def conv2d(
     g: torch.Tensor,
     p: dict[str, torch.Tensor],
@@ -122,7 +152,10 @@ def conv2d(
     w = p[f"{name}.weight"]
     k, o = w.shape[:2]
     kernel = w.reshape(k * o, *w.shape[2:]).contiguous(memory_format=memory_format)
-    return F.conv2d(g, kernel, p[f"{name}.bias"].reshape(k * o), groups=k)
+    bias = p[f"{name}.bias"].reshape(k * o)
+    if w.shape[2] == 1 and g.requires_grad and g.device.type == "cpu":
+        return _OneChannelConv.apply(g, kernel, bias, k)
+    return F.conv2d(g, kernel, bias, groups=k)
 
 
 def batch_norm(

@@ -37,6 +37,7 @@ from mnistlab.errors import CorruptFileError
 from mnistlab.models.stack import Noise, Step, member_state, stack_states
 from mnistlab.progress import Progress, Task
 from mnistlab.progress import default as default_progress
+from mnistlab.train.allocator import keep_freed_memory
 from mnistlab.train.augment import Augment, augment_batch
 from mnistlab.train.checkpoint import load_checkpoint, rng_states, save_checkpoint, set_rng_states
 from mnistlab.train.optim import StackedOptimizer
@@ -659,6 +660,7 @@ def train_stack(
         on_epoch: called after each recorded epoch; returning True stops the stack.
     """
     progress = progress or default_progress()
+    keep_freed_memory()  # also in a Ray worker or a notebook, where no study opened a run
     pool, prepare, eval_pool, eval_prepare = _sources(
         pool.to(device), prepare, members, cache_prepared
     )

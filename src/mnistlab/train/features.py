@@ -63,14 +63,16 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def resolve_backend(backend: str, precision: str, device: torch.device) -> str:
-    """``auto``: ONNX Runtime where features are fp32 on a CPU and the extra is installed
-    (1.72× torch there: ``train/onnx_backend.py``), torch everywhere else. An explicit
-    ``onnxruntime`` it cannot serve is one clear error."""
+    """``auto``: torch. ONNX Runtime was the fp32 CPU default while torch page-faulted its
+    activations in every batch (1.72x then); with ``train/allocator.py`` torch runs 24.3 img/s
+    against ORT's 25.3 (1.04x, ``benchmarks/onnx_bench.py``), under the 1.15x that would pay
+    for a second engine. An explicit ``onnxruntime`` stays available; one it cannot serve is
+    one clear error."""
     from mnistlab.train import onnx_backend
 
-    fits = device.type == "cpu" and precision == "fp32"
     if backend == "auto":
-        return "onnxruntime" if fits and onnx_backend.available() else "torch"
+        return "torch"
+    fits = device.type == "cpu" and precision == "fp32"
     if backend == "onnxruntime" and not fits:
         raise MnistlabError(
             f"--backend onnxruntime runs fp32 on a CPU only (here: {precision} on {device.type});"
@@ -104,6 +106,9 @@ class FrozenFeatures:
     ):
         import copy
 
+        from mnistlab.train.allocator import keep_freed_memory
+
+        keep_freed_memory()  # 1.4x: activations were page-faulted in every batch
         self.body = copy.deepcopy(model).to(device).eval()
         self.body.requires_grad_(False)
         parent, _, attr = head_path.rpartition(".")

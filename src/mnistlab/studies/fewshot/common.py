@@ -44,7 +44,7 @@ class FewshotConfig:
     precision: str = option("auto", "feature extraction arithmetic", choices=PRECISIONS)
     backend: str = option(
         "auto",
-        "frozen-feature engine (auto: ONNX Runtime for fp32 on a CPU when installed)",
+        "frozen-feature engine (auto: torch; onnxruntime: fp32 on a CPU, the onnx extra)",
         choices=BACKENDS,
     )
     cache: bool = option(True, "cache frozen features on disk", cli="")

@@ -22,9 +22,10 @@ from revisions import ROOT, call
 def _switch(keep: bool) -> None:
     if keep:
         return
-    from mnistlab.train import allocator, engine
+    from mnistlab.train import allocator, engine, features
 
-    allocator.keep_freed_memory = engine.keep_freed_memory = lambda: False
+    for module in (allocator, engine, features):
+        module.keep_freed_memory = lambda: False
 
 
 def stn_step(keep: bool, steps: int = 150) -> dict:

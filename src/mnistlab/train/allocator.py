@@ -23,7 +23,7 @@ import functools
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>
 MMAP_THRESHOLD = 1 << 30  # blocks below 1 GiB come from the reusable heap
-TRIM_THRESHOLD = 1 << 31  # never trim below 2 GiB of free heap top
+TRIM_THRESHOLD = (1 << 31) - 1  # mallopt takes an int: trim only above ~2 GiB of free top
 
 
 @functools.cache

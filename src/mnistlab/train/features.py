@@ -23,6 +23,7 @@ from mnistlab.errors import CorruptFileError, MnistlabError
 from mnistlab.io import atomic_write_bytes, atomic_write_text
 from mnistlab.progress import Progress
 from mnistlab.progress import default as default_progress
+from mnistlab.train.allocator import keep_freed_memory
 from mnistlab.train.devices import fast_cpu_bf16
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -105,8 +106,6 @@ class FrozenFeatures:
         backend: str = "torch",
     ):
         import copy
-
-        from mnistlab.train.allocator import keep_freed_memory
 
         keep_freed_memory()  # 1.4x: activations were page-faulted in every batch
         self.body = copy.deepcopy(model).to(device).eval()

@@ -2,4 +2,5 @@
 
 from mnistlab.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # not when ``run all --jobs`` workers re-import the main module
+    raise SystemExit(main())

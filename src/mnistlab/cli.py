@@ -28,6 +28,7 @@ from typing import Any
 from mnistlab import __version__
 from mnistlab.errors import MnistlabError
 
+MAX_JOBS = 64  # worker processes of ``run all`` (each study is one job; there are seven)
 IMAGE_FORMATS = ("png", "svg", "pdf", "jpg", "jpeg", "tif", "tiff", "webp", "eps", "ps")
 
 
@@ -44,6 +45,15 @@ def _int(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def _jobs(text: str) -> int | str:
+    if text == "auto":
+        return text
+    n = _int(text)
+    if not 1 <= n <= MAX_JOBS:
+        raise argparse.ArgumentTypeError(f"--jobs must be auto or 1..{MAX_JOBS}, not {n}")
+    return n
 
 
 def _float(text: str) -> float:
@@ -385,47 +395,6 @@ def _progress(args: argparse.Namespace):
     return progress.auto(quiet=getattr(args, "quiet", False))
 
 
-def _log_to(folder: Path):
-    """Send the study's log lines to ``<run folder>/run.log`` (appending across resumes)."""
-    import logging
-
-    folder.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(folder / "run.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logger = logging.getLogger("mnistlab")
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    return handler
-
-
-def execute_study(study: str, config, env, *, root: Path, track: str = "none", **options):
-    """Run one study in ``root/<study>/<config-hash>`` with a log file (``env``: a
-    ``studies.opening.Env``; ``options``: the study's own keywords); with ``track``, log the
-    finished run to the tracker."""
-    import logging
-
-    from mnistlab import registry, runs
-
-    folder = runs.run_dir(root, study, config)
-    progress = env.progress
-    handler = _log_to(folder)
-    try:
-        progress.message(f"{study}: results in {folder}")
-        out = registry.get(study).run(config, folder, env, **options)
-    finally:
-        logging.getLogger("mnistlab").removeHandler(handler)
-        handler.close()
-    if track == "mlflow":
-        from mnistlab import tracking
-
-        if runs.is_complete(folder):
-            rid = tracking.log_mlflow(study, folder, os.environ.get("MLFLOW_TRACKING_URI"))
-            progress.message(f"{study}: logged to MLflow (run {rid})")
-        else:
-            progress.message(f"{study}: not finished (some parts only): not logged to MLflow")
-    return folder, out
-
-
 def _executor(args: argparse.Namespace):
     """The executor the options ask for, checked (Ray importable, cluster reachable) before
     any work."""
@@ -435,7 +404,7 @@ def _executor(args: argparse.Namespace):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from mnistlab import registry
+    from mnistlab import registry, suite
     from mnistlab.studies.opening import Env
 
     study = registry.get(args.study)
@@ -448,7 +417,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     run_kwargs = {k: v for g in groups for k, v in g.run_kwargs(args).items()}
     with _progress(args) as progress:
         env = Env(progress, args.force, args.data_dir, executor)
-        folder, metrics = execute_study(
+        folder, metrics = suite.execute_study(
             args.study, config, env, root=root, track=args.track, **run_kwargs
         )
     print(f"{registry.summary_line(args.study, metrics)} → {folder}")
@@ -458,29 +427,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_run_all(args: argparse.Namespace) -> int:
     from mnistlab import suite
     from mnistlab.report.build import build_report
-    from mnistlab.studies.opening import Env
 
     root = _prepare_run(args)
+    jobs = suite.resolve_jobs(args.jobs, args.device, args.executor)
     executor = _executor(args)
     t0 = time.perf_counter()
     with _progress(args) as progress:
         suite.run_all(
             profile=args.profile,
-            root=root,
-            force=args.force,
+            settings=suite.Settings(root, args.force, args.data_dir, args.track, executor),
             seed=args.seed,
             device=args.device,
             protocol=args.protocol,
             with_=tuple(args.with_ or ()),
             progress=progress,
-            execute=lambda study, config, force, **options: execute_study(
-                study,
-                config,
-                Env(progress, force, args.data_dir, executor),
-                root=root,
-                track=args.track,
-                **options,
-            ),
+            jobs=jobs,
         )
     problems: list[str] = []
     html_path, md_path = build_report(root, problems=problems)
@@ -584,6 +545,14 @@ def _add_run(sub) -> None:
     )
     a.add_argument("--seed", type=_int, default=0, help="master seed (default: 0)")
     a.add_argument("--device", default="auto", help=device_help)
+    a.add_argument(
+        "--jobs",
+        type=_jobs,
+        default="auto",
+        metavar="N",
+        help="studies run side by side in N worker processes, each with cores/N threads; auto: "
+        "2 on a CPU with 2+ cores, 1 on a GPU or with --executor ray (default: auto)",
+    )
     _common(a)
     a.set_defaults(func=_cmd_run_all, study="all")
 

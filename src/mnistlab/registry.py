@@ -50,6 +50,9 @@ class Study:
     baseline: str | None = None  # the as-specified study a best protocol is compared with
     metrics: Any = None  # the TypedDict of its metrics.json, or "module:Name" (loaded on use)
     opt_in: bool = False  # ``run all`` runs it only when asked (``--with NAME``)
+    # Wall minutes of the full profile on the 2-core CPU (README, Timings): ``run all --jobs``
+    # starts the longest studies first, so the last one to finish is not a long one.
+    minutes: float = 1.0
 
     @property
     def config(self) -> type:
@@ -206,6 +209,7 @@ _STUDIES = (
         tiny={**_TINY_FEWSHOT, "seeds": 3, "val_per_class": 2},
         options=("backbones",),
         in_suite=_SKIP_MISSING,
+        minutes=6.0,
     ),
     _entry(
         "fewshot-best",
@@ -222,6 +226,7 @@ _STUDIES = (
         options=("backbones",),
         in_suite=_SKIP_MISSING,
         baseline="fewshot",
+        minutes=1.8,
     ),
     _entry(
         "stn",
@@ -241,6 +246,7 @@ _STUDIES = (
             "limit_test": 200,
             "train_eval_size": 100,
         },
+        minutes=10.9,
     ),
     _entry(
         "stn-deform",
@@ -260,6 +266,7 @@ _STUDIES = (
             "limit_test": 100,
             "train_eval_size": 100,
         },
+        minutes=33.8,
     ),
     _entry(
         "stn-paper",
@@ -274,6 +281,7 @@ _STUDIES = (
         quick={"epochs": 1, "seeds": 1, "limit_train": 10_000, "limit_test": 2000},
         tiny={"epochs": 1, "seeds": 2, "limit_train": 300, "limit_test": 100},
         opt_in=True,
+        minutes=41.0,
     ),
     _entry(
         "digits",
@@ -297,6 +305,7 @@ _STUDIES = (
             "dropout_rates": (0.2, 0.5),
         },
         options=("parts",),
+        minutes=3.4,
     ),
     _entry(
         "digits-best",
@@ -326,6 +335,7 @@ _STUDIES = (
             "unfreeze_factors": (0.1, 1.0),
         },
         baseline="digits",
+        minutes=7.9,
     ),
 )
 STUDIES: Mapping[str, Study] = MappingProxyType({s.name: s for s in _STUDIES})

@@ -9,42 +9,168 @@ recomputed, and an interrupted one resumes where its checkpoints left it.
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import time
-from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from mnistlab import registry, runs
+from mnistlab import parallel, registry, runs
 from mnistlab.errors import MnistlabError
 from mnistlab.progress import Progress
+from mnistlab.studies.opening import Env
 
 MANIFEST = runs.MANIFEST
+
+
+def _log_to(folder: Path) -> logging.Handler:
+    """Send the study's log lines to ``<run folder>/run.log`` (appending across resumes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(folder / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("mnistlab")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    return handler
+
+
+def execute_study(
+    study: str, config: Any, env: Env, *, root: Path, track: str = "none", **options: Any
+) -> tuple[Path, dict]:
+    """Run one study in ``root/<study>/<config-hash>`` with a log file (``options``: the
+    study's own keywords); with ``track``, log the finished run to the tracker."""
+    folder = runs.run_dir(root, study, config)
+    progress = env.progress or Progress()
+    handler = _log_to(folder)
+    try:
+        progress.message(f"{study}: results in {folder}")
+        out = registry.get(study).run(config, folder, env, **options)
+    finally:
+        logging.getLogger("mnistlab").removeHandler(handler)
+        handler.close()
+    if track == "mlflow":
+        from mnistlab import tracking
+
+        if runs.is_complete(folder):
+            rid = tracking.log_mlflow(study, folder, os.environ.get("MLFLOW_TRACKING_URI"))
+            progress.message(f"{study}: logged to MLflow (run {rid})")
+        else:
+            progress.message(f"{study}: not finished (some parts only): not logged to MLflow")
+    return folder, out
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every study of one ``run all`` shares (picklable: workers get a copy)."""
+
+    root: Path
+    force: bool = False
+    data_dir: Path | None = None
+    track: str = "none"
+    executor: Any = None  # where a study's cells run (local processes get the default)
+
+
+def resolve_jobs(jobs: int | str, device: str, executor: str = "local") -> int:
+    """``auto``: two studies at a time on a CPU with two or more cores (see
+    :mod:`mnistlab.parallel`), one on a GPU (they would share it) or with Ray (it spreads the
+    cells itself); a number is taken as asked, but Ray's executor cannot travel to a worker."""
+    if jobs != "auto":
+        if int(jobs) > 1 and executor != "local":
+            raise MnistlabError(
+                "--jobs runs studies in local worker processes: with --executor ray, use --jobs 1"
+            )
+        return int(jobs)
+    if executor != "local" or (os.cpu_count() or 1) < 2:
+        return 1
+    from mnistlab.train.devices import pick_device
+
+    return 1 if pick_device(device).type != "cpu" else 2
+
+
+def _run_job(job: parallel.Job, progress: Progress) -> dict:
+    """What a worker process runs: one study (``job.payload``: study, config, options, settings)."""
+    study, config, options, s = job.payload
+    env = Env(progress, s.force, s.data_dir)
+    return execute_study(study, config, env, root=s.root, track=s.track, **options)[1]
 
 
 def run_all(
     *,
     profile: str,
-    root: Path,
-    force: bool,
+    settings: Settings,
     seed: int,
     progress: Progress,
-    execute: Callable[..., tuple[Path, Any]],
     device: str = "auto",
     protocol: str = "both",
     with_: tuple[str, ...] = (),
+    jobs: int | str = 1,
 ) -> dict[str, Any]:
-    """Run the studies of ``profile`` one after another and write ``root/manifest.json``.
-
-    ``execute(study, config, force=…, **options)`` runs one study in its folder (the CLI
-    passes one that adds a log file).
-    """
+    """Run the studies of ``profile`` and write ``root/manifest.json``: one after another, or
+    ``jobs`` at a time in worker processes (:mod:`mnistlab.parallel`)."""
     configs = registry.profile_configs(profile, seed, device, protocol, with_)
+    root = settings.root
+    workers = resolve_jobs(jobs, device, getattr(settings.executor, "name", "local"))
+    manifest = _manifest(root, profile, protocol, with_, workers)
+    todo = []
+    for study, config in configs.items():
+        if runs.is_complete(runs.run_dir(root, study, config)) and not settings.force:
+            _record(manifest, root, progress, study, *_here(study, config, settings, progress))
+        else:
+            todo.append((study, config))
+    if workers > 1 and len(todo) > 1:
+        jobs_ = [_job(study, config, settings, todo) for study, config in todo]
+        parallel.run_jobs(
+            jobs_,
+            _run_job,
+            workers=workers,
+            progress=progress,
+            on_result=lambda job, metrics, seconds: _record(
+                manifest,
+                root,
+                progress,
+                job.name,
+                runs.run_dir(root, job.name, job.payload[1]),
+                metrics,
+                seconds,
+            ),
+        )
+    else:
+        for study, config in todo:
+            t0 = time.perf_counter()
+            folder, metrics = _here(study, config, settings, progress)[:2]
+            _record(manifest, root, progress, study, folder, metrics, time.perf_counter() - t0)
+    manifest["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    runs.write_json(root / MANIFEST, manifest)
+    return manifest
+
+
+def _job(study: str, config: Any, settings: Settings, todo: list) -> parallel.Job:
+    """A worker's job; a best protocol waits for its as-specified study (it reads its cache)."""
+    entry = registry.get(study)
+    after = (entry.baseline,) if entry.baseline else ()
+    payload = (study, config, dict(entry.in_suite), replace(settings, executor=None))
+    return parallel.Job(study, payload, after, entry.minutes)
+
+
+def _here(study: str, config: Any, settings: Settings, progress: Progress):
+    """Run (or load) one study in this process: (folder, metrics, None)."""
+    env = Env(progress, settings.force, settings.data_dir, settings.executor)
+    options = registry.get(study).in_suite
+    folder, metrics = execute_study(
+        study, config, env, root=settings.root, track=settings.track, **options
+    )
+    return folder, metrics, None
+
+
+def _manifest(root: Path, profile: str, protocol: str, with_: tuple, workers: int) -> dict:
     manifest: dict[str, Any] = {
         "profile": profile,
         "protocol": protocol,
         "with": list(with_),
         "command": " ".join(["mnistlab", *sys.argv[1:]]) or "mnistlab",
+        "jobs": workers,
         "folders": {},
         "wall_seconds": {},
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -58,22 +184,26 @@ def run_all(
         if prev.get("profile") == profile:
             manifest["wall_seconds"] = prev.get("wall_seconds", {})
             manifest["folders"] = dict(prev.get("folders", {}))  # other protocols' studies
-    for study, config in configs.items():
-        folder = runs.run_dir(root, study, config)
-        was_done = runs.is_complete(folder) and not force
-        t0 = time.perf_counter()
-        folder, metrics = execute(study, config, force=force, **registry.get(study).in_suite)
-        if not was_done:
-            manifest["wall_seconds"][study] = time.perf_counter() - t0
-        manifest["folders"][study] = str(folder.relative_to(root))
-        progress.message(
-            registry.summary_line(study, metrics)
-            + (" (already finished: loaded)" if was_done else "")
-        )
-        runs.write_json(root / MANIFEST, manifest)
-    manifest["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    runs.write_json(root / MANIFEST, manifest)
     return manifest
 
 
-__all__ = ["run_all"]
+def _record(
+    manifest: dict,
+    root: Path,
+    progress: Progress,
+    study: str,
+    folder: Path,
+    metrics: dict,
+    seconds: float | None,
+) -> None:
+    """One study done: its folder and wall time (None: it was finished already) in the
+    manifest, its summary line shown."""
+    if seconds is not None:
+        manifest["wall_seconds"][study] = seconds
+    manifest["folders"][study] = str(folder.relative_to(root))
+    done = " (already finished: loaded)" if seconds is None else ""
+    progress.message(registry.summary_line(study, metrics) + done)
+    runs.write_json(root / MANIFEST, manifest)
+
+
+__all__ = ["Settings", "execute_study", "resolve_jobs", "run_all"]

@@ -27,7 +27,8 @@ def environment(manifest: dict[str, Any] | None, folders: dict[str, Path | None]
                 f"seed {cfg.get('seed')}",
                 f"{wall:.0f} s" if isinstance(wall, int | float) else "—",
                 f"torch {env.get('torch')}, {cfg.get('device', 'cpu')}, "
-                f"{env.get('cpu_count')} CPUs, {env.get('cuda') or 'no GPU'}",
+                f"{env.get('cpu_count')} CPUs ({env.get('torch_threads', '?')} threads), "
+                f"{env.get('cuda') or 'no GPU'}",
             ]
         )
     sec.tables.append(Table(["study", "results folder", "seed", "wall time", "environment"], rows))
@@ -59,4 +60,10 @@ def environment(manifest: dict[str, Any] | None, folders: dict[str, Path | None]
             f"Profile: {manifest.get('profile')}; command: {manifest.get('command')}; "
             f"finished {manifest.get('finished')}"
         )
+        if manifest.get("jobs", 1) > 1:
+            sec.bullets.append(
+                f"Studies ran {manifest['jobs']} at a time, each in a process of its own, so "
+                "their wall times overlap; a study's last digits depend on its thread count "
+                "(shown per study), as they do on the CPU."
+            )
     return sec

@@ -1,0 +1,159 @@
+"""``run all --jobs``: studies in worker processes — same numbers, order, progress, failures."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnistlab import parallel, registry, runs, suite
+from mnistlab.errors import MnistlabError
+from mnistlab.progress import Progress, Task
+
+
+class Recorder(Progress):
+    """Remembers what reached the caller's progress."""
+
+    def __init__(self) -> None:
+        self.tasks: list[str] = []
+        self.steps: dict[str, int] = {}
+        self.messages: list[str] = []
+
+    def task(self, description: str, total: int | None) -> Task:
+        self.tasks.append(description)
+        owner = self
+
+        class _T(Task):
+            def advance(self, n: int = 1, **fields) -> None:
+                owner.steps[description] = owner.steps.get(description, 0) + n
+
+        return _T()
+
+    def message(self, text: str) -> None:
+        self.messages.append(text)
+
+
+def test_studies_in_workers_give_the_numbers_of_one_process_with_their_threads(
+    tmp_path, mnist, monkeypatch
+):
+    """Two workers run the as-specified studies; progress and summaries come back here; a
+    study's metrics equal those of the same study run in this process with the workers'
+    thread count (the numbers do not depend on running beside another study)."""
+    recorder = Recorder()
+    root = tmp_path / "jobs"
+    manifest = suite.run_all(
+        profile="tiny",
+        settings=suite.Settings(root),
+        seed=0,
+        device="cpu",
+        protocol="specified",
+        progress=recorder,
+        jobs=2,
+    )
+    studies = registry.profile_configs("tiny", 0, "cpu", "specified")
+    assert manifest["jobs"] == 2 and set(manifest["wall_seconds"]) == set(studies)
+    assert all(runs.is_complete(root / f) for f in manifest["folders"].values())
+    assert {t.split(":")[0] for t in recorder.tasks} >= {"stn", "digits"}
+    assert sum(recorder.steps.values()) > 0
+    assert sum(m.startswith("stn: ") and "→" not in m for m in recorder.messages) >= 1
+
+    config = studies["stn"]
+    here = tmp_path / "here"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(parallel.threads_per_job(2))
+    try:
+        _, alone = suite.execute_study("stn", config, suite.Env(Progress()), root=here)
+    finally:
+        torch.set_num_threads(threads)
+    worker = runs.read_json(root / manifest["folders"]["stn"] / "metrics.json")
+    for model in ("stn", "baseline"):
+        for key in ("curves", "per_seed_final", "test_correct_seed0"):
+            assert worker[model][key] == alone[model][key], (model, key)
+    assert worker["deformations"] == alone["deformations"]
+
+    again = Recorder()  # everything finished: loaded here, nothing started
+    suite.run_all(
+        profile="tiny",
+        settings=suite.Settings(root),
+        seed=0,
+        device="cpu",
+        protocol="specified",
+        progress=again,
+        jobs=2,
+    )
+    summaries = [m for m in again.messages if "results in" not in m]
+    assert not again.tasks and len(summaries) == len(studies)
+    assert all("already finished" in m for m in summaries)
+
+
+# Targets run in the workers: module level, so a spawned process can import them.
+def _record_order(job: parallel.Job, progress: Progress) -> str:
+    with open(job.payload, "a") as f:
+        f.write(job.name + "\n")
+    return job.name
+
+
+def _fail(job: parallel.Job, progress: Progress) -> None:
+    raise MnistlabError(f"{job.name}: refused on purpose")
+
+
+def _sleep(job: parallel.Job, progress: Progress) -> None:
+    time.sleep(120)
+
+
+def _die(job: parallel.Job, progress: Progress) -> None:
+    os._exit(3)
+
+
+def _run(jobs: list[parallel.Job], target, workers: int = 2) -> list[str]:
+    done: list[str] = []
+    parallel.run_jobs(
+        jobs, target, workers=workers, progress=Progress(), on_result=lambda j, r, s: done.append(r)
+    )
+    return done
+
+
+def test_the_longest_ready_job_starts_first_and_dependencies_wait(tmp_path):
+    log = str(tmp_path / "order.txt")
+    jobs = [
+        parallel.Job("short", log, minutes=1),
+        parallel.Job("best", log, after=("long",), minutes=50),
+        parallel.Job("long", log, minutes=30),
+        parallel.Job("mid", log, after=("not-in-this-run",), minutes=10),
+    ]
+    done = _run(jobs, _record_order, workers=1)
+    assert done == ["long", "best", "mid", "short"]
+    assert Path(log).read_text().split() == done
+
+
+def test_a_failure_in_a_worker_is_raised_here_and_stops_the_others(tmp_path):
+    t0 = time.perf_counter()
+    with pytest.raises(MnistlabError, match="bad: refused on purpose"):
+        _run([parallel.Job("slow", None, minutes=2), parallel.Job("bad", None)], _fail_or_sleep)
+    assert time.perf_counter() - t0 < 60
+    assert not multiprocessing.active_children()
+
+
+def _fail_or_sleep(job: parallel.Job, progress: Progress) -> None:
+    (_fail if job.name == "bad" else _sleep)(job, progress)
+
+
+def test_a_worker_that_dies_without_a_word_is_an_error_not_a_hang():
+    with pytest.raises(parallel.WorkerFailed, match="exit code 3"):
+        _run([parallel.Job("crash", None)], _die)
+    assert not multiprocessing.active_children()
+
+
+def test_jobs_auto_and_what_it_refuses(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert suite.resolve_jobs("auto", "cpu") == 2
+    assert suite.resolve_jobs("auto", "cpu", "ray") == 1
+    assert suite.resolve_jobs(3, "cpu") == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert suite.resolve_jobs("auto", "cpu") == 1
+    with pytest.raises(MnistlabError, match="--executor ray"):
+        suite.resolve_jobs(2, "cpu", "ray")

@@ -69,6 +69,9 @@ def test_studies_in_workers_give_the_numbers_of_one_process_with_their_threads(
         _, alone = suite.execute_study("stn", config, suite.Env(Progress()), root=here)
     finally:
         torch.set_num_threads(threads)
+    cells = root / manifest["folders"]["stn"] / "cells"
+    pids = {runs.read_json(cells / f"{m}.json")["where"]["pid"] for m in ("stn", "baseline")}
+    assert len(pids) == 2  # the CNN's stack ran in a worker of its own, beside the STN's
     worker = runs.read_json(root / manifest["folders"]["stn"] / "metrics.json")
     for model in ("stn", "baseline"):
         for key in ("curves", "per_seed_final", "test_correct_seed0"):
@@ -91,21 +94,21 @@ def test_studies_in_workers_give_the_numbers_of_one_process_with_their_threads(
 
 
 # Targets run in the workers: module level, so a spawned process can import them.
-def _record_order(job: parallel.Job, progress: Progress) -> str:
+def _record_order(job: parallel.Job, here: parallel.Here) -> str:
     with open(job.payload, "a") as f:
         f.write(job.name + "\n")
     return job.name
 
 
-def _fail(job: parallel.Job, progress: Progress) -> None:
+def _fail(job: parallel.Job, here: parallel.Here) -> None:
     raise MnistlabError(f"{job.name}: refused on purpose")
 
 
-def _sleep(job: parallel.Job, progress: Progress) -> None:
+def _sleep(job: parallel.Job, here: parallel.Here) -> None:
     time.sleep(120)
 
 
-def _die(job: parallel.Job, progress: Progress) -> None:
+def _die(job: parallel.Job, here: parallel.Here) -> None:
     os._exit(3)
 
 
@@ -138,8 +141,8 @@ def test_a_failure_in_a_worker_is_raised_here_and_stops_the_others(tmp_path):
     assert not multiprocessing.active_children()
 
 
-def _fail_or_sleep(job: parallel.Job, progress: Progress) -> None:
-    (_fail if job.name == "bad" else _sleep)(job, progress)
+def _fail_or_sleep(job: parallel.Job, here: parallel.Here) -> None:
+    (_fail if job.name == "bad" else _sleep)(job, here)
 
 
 def test_a_worker_that_dies_without_a_word_is_an_error_not_a_hang():

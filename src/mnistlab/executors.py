@@ -43,6 +43,7 @@ class Cell:
     cpus: float = 1.0
     gpus: float = 0.0
     done: Callable[[], bool] = field(default=lambda: False)  # finished already (skip it)
+    weight: float = 1.0  # its cost relative to the study's other cells (sizes it elsewhere)
 
 
 def host_info() -> dict[str, Any]:
@@ -77,7 +78,7 @@ def dependency_order(keys: Iterable[str], needs: Callable[[str], Sequence[str]])
     return out
 
 
-def _order(cells: Sequence[Cell]) -> list[Cell]:
+def order(cells: Sequence[Cell]) -> list[Cell]:
     """The cells in dependency order (a cell after everything it needs)."""
     by_key = {c.key: c for c in cells}
 
@@ -94,7 +95,7 @@ class LocalExecutor:
     name = "local"
 
     def run(self, cells: Sequence[Cell], root: Path | None = None) -> dict[str, Any]:
-        return {c.key: (None if c.done() else c.run()) for c in _order(cells)}
+        return {c.key: (None if c.done() else c.run()) for c in order(cells)}
 
 
 def _task(fn: Callable[[], Any], marker: str | None) -> Any:
@@ -136,7 +137,7 @@ class RayExecutor:
             marker_path.write_text("written by the mnistlab driver\n")
             marker = str(marker_path)
         try:
-            return self._run(_order(cells), marker)
+            return self._run(order(cells), marker)
         finally:
             if marker is not None:
                 Path(marker).unlink(missing_ok=True)

@@ -10,8 +10,12 @@ Rules that keep the numbers trustworthy:
 
 * every study runs in a fresh process (``spawn``: no forked OpenMP or allocator state) with a
   fixed number of threads, so its numbers do not depend on what ran beside it or when;
-* a study starts only after the studies it reads (``Job.after``) have finished, and the longest
-  ready study starts first (``Job.minutes``), so the suite does not end on a long straggler;
+* a study starts only after the studies whose caches it reads (``Job.after``), and the longest
+  ready job starts first (``Job.minutes``), so the suite does not end on a long straggler;
+* a study with independent cells (the STN studies: one stack per model) hands all but its
+  heaviest to the queue as jobs of their own (:class:`Delegating`) and waits for them without
+  counting as busy — otherwise its 37-minute STN stack and 18-minute CNN stack would run one
+  after the other on one core, the longest pole of the suite;
 * progress and messages travel back over a queue and are replayed on the caller's
   :class:`~mnistlab.progress.Progress` (bars, lines or notebook), and each study still logs to
   its own ``run.log``;
@@ -28,10 +32,12 @@ import pickle
 import queue
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
+from mnistlab.executors import Cell, LocalExecutor
+from mnistlab.executors import order as order_cells
 from mnistlab.progress import LineProgress, Progress, Task, log
 
 FLUSH_SECONDS = 0.25  # a worker sends a task's progress at most this often
@@ -39,12 +45,22 @@ FLUSH_SECONDS = 0.25  # a worker sends a task's progress at most this often
 
 @dataclass(frozen=True)
 class Job:
-    """One study to run in a worker: what ``target(job, progress)`` needs, picklable."""
+    """One study to run in a worker: what ``target(job, here)`` needs, picklable."""
 
     name: str
     payload: Any  # handed to the target as is
     after: tuple[str, ...] = ()  # jobs that must finish first
     minutes: float = 1.0  # expected length: the longest ready job starts first
+    cell: str | None = None  # set: run only this cell of the study (delegated by its worker)
+
+
+@dataclass
+class Here:
+    """What a job gets from its worker: progress that reaches the caller, and an executor that
+    may hand the study's independent cells to other workers."""
+
+    progress: Progress
+    executor: LocalExecutor
 
 
 def threads_per_job(jobs: int) -> int:
@@ -114,13 +130,41 @@ def _portable(exc: BaseException) -> BaseException:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
+class Delegating(LocalExecutor):
+    """Runs a study's cells in its worker, but asks the caller to run all but the heaviest of
+    its independent cells in other workers, then waits for their results. Why: a study of two
+    stacks (the STN and its CNN) would otherwise keep one core busy for both while the other
+    core's queue runs dry; waiting, it tells the caller so that its core counts as free."""
+
+    def __init__(self, forward: _Forward):
+        self.forward, self.parent = forward, os.getppid()
+
+    def run(self, cells: Sequence[Cell], root: Any = None) -> dict[str, Any]:
+        todo = [c for c in order_cells(cells) if not c.done()]
+        free = [c for c in todo if not c.needs and not any(c.key in o.needs for o in todo)]
+        away = sorted(free, key=lambda c: -c.weight)[1:]
+        total = sum(c.weight for c in todo)
+        for c in away:
+            self.forward.send("delegate", c.key, c.weight / total)
+        results = {c.key: c.run() for c in todo if c not in away}
+        if away:
+            self.forward.send("waiting")
+            while not all(c.done() for c in away):
+                if os.getppid() != self.parent:  # the caller is gone: nobody will run them
+                    raise SystemExit(1)
+                time.sleep(0.5)
+            self.forward.send("resumed")
+        return results
+
+
 def _worker(target: Callable, job: Job, threads: int, events: Any) -> None:
     import torch
 
     torch.set_num_threads(threads)  # before any work: the job's numbers depend on it
     try:
         t0 = time.perf_counter()
-        result = target(job, _Forward(events, job.name))
+        forward = _Forward(events, job.name)
+        result = target(job, Here(forward, Delegating(forward)))
         events.put(("result", job.name, result, time.perf_counter() - t0))
     except KeyboardInterrupt:
         pass  # the parent was interrupted too and stops everyone
@@ -159,59 +203,90 @@ class WorkerFailed(RuntimeError):
     """A worker died without a word (killed, out of memory) or raised an unexpected error."""
 
 
-def _next_ready(waiting: list[Job], finished: set[str]) -> Job | None:
-    ready = [j for j in waiting if all(a in finished for a in j.after)]
-    return max(ready, key=lambda j: j.minutes, default=None)
+class _Scheduler:
+    """The caller's side: which job starts next, where events go, who counts as busy."""
+
+    def __init__(self, jobs: list[Job], target: Callable, workers: int, progress: Progress):
+        names = {j.name for j in jobs}
+        self.pending = [replace(j, after=tuple(a for a in j.after if a in names)) for j in jobs]
+        self.jobs = {j.name: j for j in self.pending}
+        self.target, self.workers = target, workers
+        self.ctx = multiprocessing.get_context("spawn")
+        self.events, self.threads = self.ctx.Queue(), threads_per_job(workers)
+        self.running: dict[str, Any] = {}
+        self.waiting: set[str] = set()  # workers idle until their delegated cells are done
+        self.finished: set[str] = set()
+        self.replay = _Replay(progress)
+
+    def start_ready(self) -> None:
+        """Start the longest ready jobs while a core is free."""
+        while len(self.running) - len(self.waiting) < self.workers:
+            ready = [j for j in self.pending if all(a in self.finished for a in j.after)]
+            if not ready:
+                return
+            job = max(ready, key=lambda j: j.minutes)
+            self.pending.remove(job)
+            proc = self.ctx.Process(
+                target=_worker,
+                args=(self.target, job, self.threads, self.events),
+                name=f"mnistlab {job.name}",
+            )
+            proc.start()
+            self.running[job.name] = proc
+
+    def handle(self, event: tuple, on_result: Callable[[Job, Any, float], None]) -> None:
+        kind, name, *args = event
+        if kind in ("result", "error"):
+            self.running.pop(name).join()
+            self.waiting.discard(name)
+            self.replay.close(name)
+            if kind == "error":
+                _raise(name, *args)
+            self.finished.add(name)
+            if self.jobs[name].cell is None:
+                on_result(self.jobs[name], *args)
+        elif kind == "delegate":
+            key, share = args
+            parent = self.jobs[name]
+            job = replace(parent, name=f"{name}#{key}", after=(), cell=key)
+            self.jobs[job.name] = replace(job, minutes=parent.minutes * share)
+            self.pending.append(self.jobs[job.name])
+        elif kind == "waiting":
+            self.waiting.add(name)
+        elif kind == "resumed":
+            self.waiting.discard(name)
+        else:
+            self.replay(*event)
+
+    def stop(self) -> None:
+        for proc in self.running.values():
+            proc.terminate()
+        for proc in self.running.values():
+            proc.join()
 
 
 def run_jobs(
     jobs: list[Job],
-    target: Callable[[Job, Progress], Any],
+    target: Callable[[Job, Here], Any],
     *,
     workers: int,
     progress: Progress,
     on_result: Callable[[Job, Any, float], None],
 ) -> None:
-    """Run ``target(job, progress)`` for every job, ``workers`` at a time, each in a fresh
-    process with :func:`threads_per_job` threads; ``on_result(job, result, seconds)`` here as
-    each finishes. ``target`` must be a module-level function (the workers import it)."""
-    names = {j.name for j in jobs}
-    pending = [
-        Job(j.name, j.payload, tuple(a for a in j.after if a in names), j.minutes) for j in jobs
-    ]
-    ctx = multiprocessing.get_context("spawn")
-    events, threads = ctx.Queue(), threads_per_job(workers)
-    running: dict[str, Any] = {}
-    finished: set[str] = set()
-    replay = _Replay(progress)
-    by_name = {j.name: j for j in pending}
+    """Run ``target(job, here)`` for every job, ``workers`` at a time, each in a fresh process
+    with :func:`threads_per_job` threads; ``on_result(job, result, seconds)`` here as each
+    study finishes. ``target`` must be a module-level function (the workers import it)."""
+    s = _Scheduler(jobs, target, workers, progress)
     try:
-        while pending or running:
-            while len(running) < workers and (job := _next_ready(pending, finished)):
-                pending.remove(job)
-                proc = ctx.Process(
-                    target=_worker, args=(target, job, threads, events), name=f"mnistlab {job.name}"
-                )
-                proc.start()
-                running[job.name] = proc
-            event = _next_event(events, running)
-            kind, name = event[0], event[1]
-            if kind == "result":
-                running.pop(name).join()
-                finished.add(name)
-                replay.close(name)
-                on_result(by_name[name], event[2], event[3])
-            elif kind == "error":
-                running.pop(name).join()
-                replay.close(name)
-                _raise(name, event[2], event[3])
-            else:
-                replay(*event)
+        while True:
+            s.start_ready()
+            if not s.running:
+                if s.pending:  # only possible if jobs wait on each other
+                    raise ValueError(f"jobs wait on each other: {[j.name for j in s.pending]}")
+                return
+            s.handle(_next_event(s.events, s.running), on_result)
     finally:
-        for proc in running.values():
-            proc.terminate()
-        for proc in running.values():
-            proc.join()
+        s.stop()
 
 
 def _next_event(events: Any, running: dict[str, Any]) -> tuple:

@@ -53,6 +53,13 @@ class Study:
     # Wall minutes of the full profile on the 2-core CPU (README, Timings): ``run all --jobs``
     # starts the longest studies first, so the last one to finish is not a long one.
     minutes: float = 1.0
+    # "module:function" under ``mnistlab.studies`` that builds the study's cells from (config,
+    # out, data_dir, device, progress): with it, ``run all --jobs`` may run an independent
+    # cell in another worker while the study runs the rest (mnistlab.parallel).
+    cells_path: str | None = None
+    # Studies whose caches it reads: ``run all --jobs`` starts it after them, so that it loads
+    # what they computed instead of computing it again beside them.
+    after: tuple[str, ...] = ()
 
     @property
     def config(self) -> type:
@@ -61,6 +68,10 @@ class Study:
     @property
     def run(self) -> Callable[..., dict]:
         return _load(self.run_path)
+
+    @property
+    def cells(self) -> Callable[..., list] | None:
+        return _load(self.cells_path) if self.cells_path else None
 
     @property
     def report(self) -> Callable[..., Any]:
@@ -185,6 +196,8 @@ def _entry(name: str, module: str, config: str, section: str, **kw: Any) -> Stud
     kw["quick"] = MappingProxyType(kw.get("quick", {}))
     kw["tiny"] = MappingProxyType(kw.get("tiny", {}))
     kw["in_suite"] = MappingProxyType(kw.get("in_suite", {}))
+    if "cells" in kw:
+        kw["cells_path"] = f"mnistlab.studies.{kw.pop('cells')}"
     return Study(
         name=name,
         config_path=f"mnistlab.studies.{module}:{config}",
@@ -227,6 +240,7 @@ _STUDIES = (
         in_suite=_SKIP_MISSING,
         baseline="fewshot",
         minutes=1.8,
+        after=("fewshot",),  # its frozen features
     ),
     _entry(
         "stn",
@@ -247,6 +261,7 @@ _STUDIES = (
             "train_eval_size": 100,
         },
         minutes=10.9,
+        cells="stn:cells",
     ),
     _entry(
         "stn-deform",
@@ -267,6 +282,7 @@ _STUDIES = (
             "train_eval_size": 100,
         },
         minutes=33.8,
+        cells="stn_deform:cells",
     ),
     _entry(
         "stn-paper",

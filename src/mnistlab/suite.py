@@ -1,4 +1,5 @@
-"""``run all``: every study of a profile and protocol, one after another, with a manifest.
+"""``run all``: every study of a profile and protocol, with a manifest — one after another, or
+side by side in worker processes (``--jobs``, :mod:`mnistlab.parallel`).
 
 The studies, their profiles and summary lines come from :mod:`mnistlab.registry`. ``full``
 runs the studies as specified; ``quick`` is a demonstration that finishes in a few minutes on a
@@ -89,11 +90,34 @@ def resolve_jobs(jobs: int | str, device: str, executor: str = "local") -> int:
     return 1 if pick_device(device).type != "cpu" else 2
 
 
-def _run_job(job: parallel.Job, progress: Progress) -> dict:
-    """What a worker process runs: one study (``job.payload``: study, config, options, settings)."""
+def _run_job(job: parallel.Job, here: parallel.Here) -> dict | None:
+    """What a worker process runs: a study, or one cell of it (``job.payload``: study, config,
+    options, settings)."""
     study, config, options, s = job.payload
-    env = Env(progress, s.force, s.data_dir)
+    if job.cell is not None:
+        return _run_cell(study, config, job.cell, s, here.progress)
+    executor = here.executor if registry.get(study).cells_path else None
+    env = Env(here.progress, s.force, s.data_dir, executor)
     return execute_study(study, config, env, root=s.root, track=s.track, **options)[1]
+
+
+def _run_cell(study: str, config: Any, key: str, s: Settings, progress: Progress) -> None:
+    """One cell of a study whose worker holds its folder and waits for this cell's result
+    file: the cell writes into that folder on the worker's behalf (checkpoints included, so
+    an interrupted cell resumes wherever it runs next)."""
+    from mnistlab.train.devices import pick_device
+
+    folder = runs.run_dir(s.root, study, config)
+    handler = _log_to(folder)
+    try:
+        build = registry.get(study).cells
+        cells = build(config, folder, s.data_dir, pick_device(config.device), progress)
+        cell = next(c for c in cells if c.key == key)
+        if not cell.done():
+            cell.run()
+    finally:
+        logging.getLogger("mnistlab").removeHandler(handler)
+        handler.close()
 
 
 def run_all(
@@ -120,7 +144,7 @@ def run_all(
         else:
             todo.append((study, config))
     if workers > 1 and len(todo) > 1:
-        jobs_ = [_job(study, config, settings, todo) for study, config in todo]
+        jobs_ = [_job(study, config, settings) for study, config in todo]
         parallel.run_jobs(
             jobs_,
             _run_job,
@@ -146,12 +170,11 @@ def run_all(
     return manifest
 
 
-def _job(study: str, config: Any, settings: Settings, todo: list) -> parallel.Job:
-    """A worker's job; a best protocol waits for its as-specified study (it reads its cache)."""
+def _job(study: str, config: Any, settings: Settings) -> parallel.Job:
+    """A worker's job: after the studies whose caches it reads, sized by its usual minutes."""
     entry = registry.get(study)
-    after = (entry.baseline,) if entry.baseline else ()
     payload = (study, config, dict(entry.in_suite), replace(settings, executor=None))
-    return parallel.Job(study, payload, after, entry.minutes)
+    return parallel.Job(study, payload, entry.after, entry.minutes)
 
 
 def _here(study: str, config: Any, settings: Settings, progress: Progress):

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,9 @@ from mnistlab.train.optim import OPTIMIZERS
 
 STUDY = "stn"
 MODELS = ("stn", "baseline")  # with and without the transformer
+# What a model's stack costs relative to the other (an STN step ≈ 2× a CNN step on the 2-core
+# CPU: benchmarks/stn_kernels.py); ``run all --jobs`` sizes a cell run elsewhere by it.
+STACK_COST = {"stn": 2.0, "baseline": 1.0}
 
 
 @dataclass(frozen=True)
@@ -288,7 +292,7 @@ def model_cells(
             )
 
         gpus = 1.0 if device.type == "cuda" else 0.0
-        cells.append(Cell(m, run_cell, done=path.is_file, gpus=gpus))
+        cells.append(Cell(m, run_cell, done=path.is_file, gpus=gpus, weight=STACK_COST[m]))
     return cells
 
 
@@ -307,6 +311,24 @@ def load_cells(cfg: Any, out: Path) -> dict[str, StackResult]:
     return results
 
 
+def _data(config: STNConfig, data_dir: Path | str | None) -> tuple[Pool, int]:
+    x_tr, y_tr = _limited(*load_mnist("train", data_dir), config.limit_train)
+    x_te, y_te = _limited(*load_mnist("test", data_dir), config.limit_test)
+    return Pool(torch.cat([x_tr, x_te]), torch.cat([y_tr, y_te])), len(y_tr)
+
+
+def cells(
+    config: STNConfig,
+    out: Path,
+    data_dir: Path | str | None,
+    device: torch.device,
+    progress: Progress | None,
+) -> list[Cell]:
+    """The study's cells: built here, or by a worker process that runs one of them
+    (``run all --jobs``), which is why this is a module-level function of plain arguments."""
+    return model_cells(config, out, partial(_data, config, data_dir), device, progress, "stn")
+
+
 def run(
     config: STNConfig,
     out_dir: Path | str,
@@ -322,14 +344,8 @@ def _compute(config, run_: StudyRun) -> dict:
     from mnistlab.figures import stn as figures
 
     out, device, executor = run_.out, run_.device, run_.executor
-
-    def data() -> tuple[Pool, int]:
-        x_tr, y_tr = _limited(*load_mnist("train", run_.data_dir), config.limit_train)
-        x_te, y_te = _limited(*load_mnist("test", run_.data_dir), config.limit_test)
-        return Pool(torch.cat([x_tr, x_te]), torch.cat([y_tr, y_te])), len(y_tr)
-
     t_start = time.perf_counter()
-    executor.run(model_cells(config, out, data, device, run_.cell_progress, "stn"), root=out)
+    executor.run(cells(config, out, run_.data_dir, device, run_.cell_progress), root=out)
     results = load_cells(config, out)
     x_te, y_te = _limited(*load_mnist("test", run_.data_dir), config.limit_test)
     model = trained_model(results["stn"], 0, True, device)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ import torch
 from mnistlab import schemas
 from mnistlab.config import SEED_MAX, option
 from mnistlab.data import COUNTS, KINDS, DeformParams, expand, load_mnist
+from mnistlab.executors import Cell
+from mnistlab.progress import Progress
 from mnistlab.stats import mean_ci
 from mnistlab.studies.opening import Env, StudyRun, open_run
 from mnistlab.studies.stn import (
@@ -69,6 +72,30 @@ def _expanded(split: str, limit: int | None, cfg: STNDeformConfig, seed: int, da
     return expand(images, labels, seed=seed, params=params)
 
 
+def _data(config: STNDeformConfig, data_dir: Path | str | None) -> tuple[Pool, int]:
+    """Training then test images (the expansions are cached) and the number of training ones."""
+    train = _expanded("train", config.limit_train, config, config.deform_seed, data_dir)
+    test = _expanded("test", config.limit_test, config, config.deform_seed + 1, data_dir)
+    pool = Pool(
+        torch.cat([train.images, test.images]),
+        torch.cat([train.labels, test.labels]),
+        torch.cat([train.kind, test.kind]),
+        KINDS,
+    )
+    return pool, len(train)
+
+
+def cells(
+    config: STNDeformConfig,
+    out: Path,
+    data_dir: Path | str | None,
+    device: torch.device,
+    progress: Progress | None,
+) -> list[Cell]:
+    """The study's cells (module level: a worker process may build them to run one)."""
+    return model_cells(config, out, partial(_data, config, data_dir), device, progress, STUDY)
+
+
 def run(
     config: STNDeformConfig,
     out_dir: Path | str,
@@ -86,20 +113,11 @@ def _compute(config, run_: StudyRun) -> dict:
     progress.message("stn-deform: building the expanded train and test sets (cached)")
     t0 = time.perf_counter()
     test = _expanded("test", config.limit_test, config, config.deform_seed + 1, run_.data_dir)
+    # Built (and cached) before the cells, which read it: they may run in other processes.
+    _expanded("train", config.limit_train, config, config.deform_seed, run_.data_dir)
     expand_seconds = time.perf_counter() - t0
 
-    def data() -> tuple[Pool, int]:
-        train = _expanded("train", config.limit_train, config, config.deform_seed, run_.data_dir)
-        pool = Pool(
-            torch.cat([train.images, test.images]),
-            torch.cat([train.labels, test.labels]),
-            torch.cat([train.kind, test.kind]),
-            KINDS,
-        )
-        return pool, len(train)
-
-    cells = model_cells(config, out, data, device, run_.cell_progress, "stn-deform")
-    executor.run(cells, root=out)
+    executor.run(cells(config, out, run_.data_dir, device, run_.cell_progress), root=out)
     results = load_cells(config, out)
     n_train = 3 * min(config.limit_train or sum(COUNTS["train"]), sum(COUNTS["train"]))
     metrics = _metrics(out, results, n_train, test, config, device)

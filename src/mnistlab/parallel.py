@@ -219,12 +219,13 @@ class _Scheduler:
         self.replay = _Replay(progress)
 
     def start_ready(self) -> None:
-        """Start the longest ready jobs while a core is free."""
+        """Start ready jobs while a core is free: first the cells a waiting study needs (it
+        holds its memory until they are done), then the longest."""
         while len(self.running) - len(self.waiting) < self.workers:
             ready = [j for j in self.pending if all(a in self.finished for a in j.after)]
             if not ready:
                 return
-            job = max(ready, key=lambda j: j.minutes)
+            job = max(ready, key=lambda j: (j.name.split("#")[0] in self.waiting, j.minutes))
             self.pending.remove(job)
             proc = self.ctx.Process(
                 target=_worker,

@@ -50,9 +50,9 @@ class Study:
     baseline: str | None = None  # the as-specified study a best protocol is compared with
     metrics: Any = None  # the TypedDict of its metrics.json, or "module:Name" (loaded on use)
     opt_in: bool = False  # ``run all`` runs it only when asked (``--with NAME``)
-    # Wall minutes of the full profile on the 2-core CPU (README, Timings): ``run all --jobs``
-    # starts the longest studies first, so the last one to finish is not a long one.
-    minutes: float = 1.0
+    # Wall minutes per profile on the 2-core CPU, one study at a time (README, Timings):
+    # ``run all --jobs`` starts the longest studies first, so that the last to finish is short.
+    minutes: Mapping[str, float] = field(default_factory=dict)
     # "module:function" under ``mnistlab.studies`` that builds the study's cells from (config,
     # out, data_dir, device, progress): with it, ``run all --jobs`` may run an independent
     # cell in another worker while the study runs the rest (mnistlab.parallel).
@@ -196,6 +196,7 @@ def _entry(name: str, module: str, config: str, section: str, **kw: Any) -> Stud
     kw["quick"] = MappingProxyType(kw.get("quick", {}))
     kw["tiny"] = MappingProxyType(kw.get("tiny", {}))
     kw["in_suite"] = MappingProxyType(kw.get("in_suite", {}))
+    kw["minutes"] = MappingProxyType(kw.get("minutes", {}))
     if "cells" in kw:
         kw["cells_path"] = f"mnistlab.studies.{kw.pop('cells')}"
     return Study(
@@ -222,7 +223,7 @@ _STUDIES = (
         tiny={**_TINY_FEWSHOT, "seeds": 3, "val_per_class": 2},
         options=("backbones",),
         in_suite=_SKIP_MISSING,
-        minutes=6.0,
+        minutes={"full": 6.0, "quick": 0.74},
     ),
     _entry(
         "fewshot-best",
@@ -239,7 +240,7 @@ _STUDIES = (
         options=("backbones",),
         in_suite=_SKIP_MISSING,
         baseline="fewshot",
-        minutes=1.8,
+        minutes={"full": 1.8, "quick": 0.1},
         after=("fewshot",),  # its frozen features
     ),
     _entry(
@@ -260,7 +261,7 @@ _STUDIES = (
             "limit_test": 200,
             "train_eval_size": 100,
         },
-        minutes=10.9,
+        minutes={"full": 10.9, "quick": 0.2},
         cells="stn:cells",
     ),
     _entry(
@@ -281,7 +282,7 @@ _STUDIES = (
             "limit_test": 100,
             "train_eval_size": 100,
         },
-        minutes=33.8,
+        minutes={"full": 33.8, "quick": 0.5},
         cells="stn_deform:cells",
     ),
     _entry(
@@ -297,7 +298,7 @@ _STUDIES = (
         quick={"epochs": 1, "seeds": 1, "limit_train": 10_000, "limit_test": 2000},
         tiny={"epochs": 1, "seeds": 2, "limit_train": 300, "limit_test": 100},
         opt_in=True,
-        minutes=41.0,
+        minutes={"full": 41.0, "quick": 1.0},
     ),
     _entry(
         "digits",
@@ -321,7 +322,7 @@ _STUDIES = (
             "dropout_rates": (0.2, 0.5),
         },
         options=("parts",),
-        minutes=3.4,
+        minutes={"full": 3.4, "quick": 1.32},
     ),
     _entry(
         "digits-best",
@@ -351,7 +352,7 @@ _STUDIES = (
             "unfreeze_factors": (0.1, 1.0),
         },
         baseline="digits",
-        minutes=7.9,
+        minutes={"full": 7.9, "quick": 1.13},
     ),
 )
 STUDIES: Mapping[str, Study] = MappingProxyType({s.name: s for s in _STUDIES})

@@ -144,7 +144,7 @@ def run_all(
         else:
             todo.append((study, config))
     if workers > 1 and len(todo) > 1:
-        jobs_ = [_job(study, config, settings) for study, config in todo]
+        jobs_ = [_job(study, config, settings, profile) for study, config in todo]
         parallel.run_jobs(
             jobs_,
             _run_job,
@@ -170,11 +170,11 @@ def run_all(
     return manifest
 
 
-def _job(study: str, config: Any, settings: Settings) -> parallel.Job:
+def _job(study: str, config: Any, settings: Settings, profile: str) -> parallel.Job:
     """A worker's job: after the studies whose caches it reads, sized by its usual minutes."""
     entry = registry.get(study)
     payload = (study, config, dict(entry.in_suite), replace(settings, executor=None))
-    return parallel.Job(study, payload, entry.after, entry.minutes)
+    return parallel.Job(study, payload, entry.after, entry.minutes.get(profile, 1.0))
 
 
 def _here(study: str, config: Any, settings: Settings, progress: Progress):

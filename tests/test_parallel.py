@@ -37,23 +37,25 @@ class Recorder(Progress):
         self.messages.append(text)
 
 
-def test_studies_in_workers_give_the_numbers_of_one_process_with_their_threads(
-    tmp_path, mnist, monkeypatch
-):
-    """Two workers run the as-specified studies; progress and summaries come back here; a
-    study's metrics equal those of the same study run in this process with the workers'
-    thread count (the numbers do not depend on running beside another study)."""
-    recorder = Recorder()
-    root = tmp_path / "jobs"
-    manifest = suite.run_all(
+def _tiny_run_all(root: Path, progress: Progress) -> dict:
+    return suite.run_all(
         profile="tiny",
         settings=suite.Settings(root),
         seed=0,
         device="cpu",
         protocol="specified",
-        progress=recorder,
+        progress=progress,
         jobs=2,
     )
+
+
+def test_studies_in_workers_give_the_numbers_of_one_process_with_their_threads(tmp_path, mnist):
+    """Two workers run the as-specified studies; progress and summaries come back here; a
+    study's metrics equal those of the same study run in this process with the workers'
+    thread count (the numbers do not depend on running beside another study)."""
+    recorder = Recorder()
+    root = tmp_path / "jobs"
+    manifest = _tiny_run_all(root, recorder)
     studies = registry.profile_configs("tiny", 0, "cpu", "specified")
     assert manifest["jobs"] == 2 and set(manifest["wall_seconds"]) == set(studies)
     assert all(runs.is_complete(root / f) for f in manifest["folders"].values())
@@ -79,15 +81,7 @@ def test_studies_in_workers_give_the_numbers_of_one_process_with_their_threads(
     assert worker["deformations"] == alone["deformations"]
 
     again = Recorder()  # everything finished: loaded here, nothing started
-    suite.run_all(
-        profile="tiny",
-        settings=suite.Settings(root),
-        seed=0,
-        device="cpu",
-        protocol="specified",
-        progress=again,
-        jobs=2,
-    )
+    _tiny_run_all(root, again)
     summaries = [m for m in again.messages if "results in" not in m]
     assert not again.tasks and len(summaries) == len(studies)
     assert all("already finished" in m for m in summaries)

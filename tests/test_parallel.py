@@ -12,6 +12,7 @@ import torch
 
 from mnistlab import parallel, registry, runs, suite
 from mnistlab.errors import MnistlabError
+from mnistlab.executors import Cell
 from mnistlab.progress import Progress, Task
 
 
@@ -154,3 +155,39 @@ def test_jobs_auto_and_what_it_refuses(monkeypatch):
     assert suite.resolve_jobs("auto", "cpu") == 1
     with pytest.raises(MnistlabError, match="--executor ray"):
         suite.resolve_jobs(2, "cpu", "ray")
+
+
+def _two_cells(folder: Path, fail: bool) -> list[Cell]:
+    def make(key: str) -> Cell:
+        path = folder / f"{key}.txt"
+
+        def run() -> None:
+            if fail and key == "light":
+                raise MnistlabError("light: refused on purpose")
+            path.write_text(str(os.getpid()))
+
+        return Cell(key, run, done=path.is_file, weight=2.0 if key == "heavy" else 1.0)
+
+    return [make("heavy"), make("light")]
+
+
+def _study_with_cells(job: parallel.Job, here: parallel.Here) -> None:
+    folder, fail = job.payload
+    cells = _two_cells(folder, fail)
+    if job.cell is None:
+        here.executor.run(cells)
+    else:
+        next(c for c in cells if c.key == job.cell).run()
+
+
+def test_a_study_hands_its_lighter_cell_to_another_worker_and_waits(tmp_path):
+    done = _run([parallel.Job("study", (tmp_path, False))], _study_with_cells)
+    assert done == [None]  # only the study is reported; its delegated cell is not
+    heavy, light = ((tmp_path / f"{k}.txt").read_text() for k in ("heavy", "light"))
+    assert heavy != light  # two processes
+
+
+def test_a_delegated_cell_that_fails_stops_the_study_waiting_for_it(tmp_path):
+    with pytest.raises(MnistlabError, match="light: refused on purpose"):
+        _run([parallel.Job("study", (tmp_path, True))], _study_with_cells)
+    assert not multiprocessing.active_children()

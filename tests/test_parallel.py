@@ -140,9 +140,23 @@ def _fail_or_sleep(job: parallel.Job, here: parallel.Here) -> None:
     (_fail if job.name == "bad" else _sleep)(job, here)
 
 
+def _chatty_or_die(job: parallel.Job, here: parallel.Here) -> None:
+    if job.name == "crash":
+        time.sleep(2)
+        _die(job, here)
+    task = here.progress.task("chatty", 10_000)
+    for _ in range(10_000):  # progress every few ms keeps the caller's queue busy
+        time.sleep(0.005)
+        task.advance()
+
+
 def test_a_worker_that_dies_without_a_word_is_an_error_not_a_hang():
     with pytest.raises(parallel.WorkerFailed, match="exit code 3"):
         _run([parallel.Job("crash", None)], _die)
+    t0 = time.perf_counter()  # also while another worker keeps sending progress
+    with pytest.raises(parallel.WorkerFailed, match=r"crash: .*exit code 3"):
+        _run([parallel.Job("chatty", None), parallel.Job("crash", None)], _chatty_or_die)
+    assert time.perf_counter() - t0 < 30
     assert not multiprocessing.active_children()
 
 

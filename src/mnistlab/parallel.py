@@ -41,6 +41,7 @@ from mnistlab.executors import order as order_cells
 from mnistlab.progress import LineProgress, Progress, Task, log
 
 FLUSH_SECONDS = 0.25  # a worker sends a task's progress at most this often
+DEAD_GRACE_SECONDS = 5.0  # how long a worker's end may trail its exit in the queue
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,7 @@ class _Scheduler:
         self.running: dict[str, Any] = {}
         self.waiting: set[str] = set()  # workers idle until their delegated cells are done
         self.finished: set[str] = set()
+        self.dead_since: dict[str, float] = {}
         self.replay = _Replay(progress)
 
     def start_ready(self) -> None:
@@ -259,6 +261,27 @@ class _Scheduler:
         else:
             self.replay(*event)
 
+    def next_event(self) -> tuple | None:
+        try:
+            return self.events.get(timeout=1.0)
+        except queue.Empty:
+            return None
+
+    def check_dead(self) -> None:
+        """A worker that exited without its end (result or error) is an error, not a hang —
+        checked on every event, since the other worker's progress keeps the queue busy; its
+        end may still be in the pipe behind other events, hence the grace period."""
+        now = time.monotonic()
+        for name, proc in list(self.running.items()):
+            if proc.is_alive():
+                continue
+            if now - self.dead_since.setdefault(name, now) > DEAD_GRACE_SECONDS:
+                code = self.running.pop(name).exitcode
+                raise WorkerFailed(
+                    f"{name}: its worker process ended without a result (exit code {code}; "
+                    "killed, or out of memory?); re-run to resume from its checkpoints"
+                )
+
     def stop(self) -> None:
         for proc in self.running.values():
             proc.terminate()
@@ -285,28 +308,12 @@ def run_jobs(
                 if s.pending:  # only possible if jobs wait on each other
                     raise ValueError(f"jobs wait on each other: {[j.name for j in s.pending]}")
                 return
-            s.handle(_next_event(s.events, s.running), on_result)
+            event = s.next_event()
+            if event is not None:
+                s.handle(event, on_result)
+            s.check_dead()
     finally:
         s.stop()
-
-
-def _next_event(events: Any, running: dict[str, Any]) -> tuple:
-    """The next worker event; a worker that exited without sending its end is an error."""
-    while True:
-        try:
-            return events.get(timeout=1.0)
-        except queue.Empty:
-            pass
-        dead = [n for n, p in running.items() if not p.is_alive()]
-        if dead:
-            try:  # an end sent just before exiting may still be in the pipe
-                return events.get(timeout=2.0)
-            except queue.Empty:
-                code = running.pop(dead[0]).exitcode
-                raise WorkerFailed(
-                    f"{dead[0]}: its worker process ended without a result (exit code {code}; "
-                    "killed, or out of memory?); re-run to resume from its checkpoints"
-                ) from None
 
 
 def _raise(name: str, exc: BaseException, trace: str) -> None:

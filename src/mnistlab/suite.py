@@ -14,6 +14,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,15 +28,20 @@ from mnistlab.studies.opening import Env
 MANIFEST = runs.MANIFEST
 
 
-def _log_to(folder: Path) -> logging.Handler:
-    """Send the study's log lines to ``<run folder>/run.log`` (appending across resumes)."""
+@contextmanager
+def _logging_to(folder: Path) -> Iterator[None]:
+    """The study's log lines also go to ``<run folder>/run.log`` (appending across resumes)."""
     folder.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(folder / "run.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger = logging.getLogger("mnistlab")
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
-    return handler
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
 
 
 def execute_study(
@@ -44,13 +51,9 @@ def execute_study(
     study's own keywords); with ``track``, log the finished run to the tracker."""
     folder = runs.run_dir(root, study, config)
     progress = env.progress or Progress()
-    handler = _log_to(folder)
-    try:
+    with _logging_to(folder):
         progress.message(f"{study}: results in {folder}")
         out = registry.get(study).run(config, folder, env, **options)
-    finally:
-        logging.getLogger("mnistlab").removeHandler(handler)
-        handler.close()
     if track == "mlflow":
         from mnistlab import tracking
 
@@ -108,16 +111,12 @@ def _run_cell(study: str, config: Any, key: str, s: Settings, progress: Progress
     from mnistlab.train.devices import pick_device
 
     folder = runs.run_dir(s.root, study, config)
-    handler = _log_to(folder)
-    try:
+    with _logging_to(folder):
         build = registry.get(study).cells
         cells = build(config, folder, s.data_dir, pick_device(config.device), progress)
         cell = next(c for c in cells if c.key == key)
         if not cell.done():
             cell.run()
-    finally:
-        logging.getLogger("mnistlab").removeHandler(handler)
-        handler.close()
 
 
 def run_all(
@@ -140,7 +139,8 @@ def run_all(
     todo = []
     for study, config in configs.items():
         if runs.is_complete(runs.run_dir(root, study, config)) and not settings.force:
-            _record(manifest, root, progress, study, *_here(study, config, settings, progress))
+            folder, metrics = _here(study, config, settings, progress)
+            _record(manifest, root, progress, study, folder, metrics, None)
         else:
             todo.append((study, config))
     if workers > 1 and len(todo) > 1:
@@ -163,7 +163,7 @@ def run_all(
     else:
         for study, config in todo:
             t0 = time.perf_counter()
-            folder, metrics = _here(study, config, settings, progress)[:2]
+            folder, metrics = _here(study, config, settings, progress)
             _record(manifest, root, progress, study, folder, metrics, time.perf_counter() - t0)
     manifest["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     runs.write_json(root / MANIFEST, manifest)
@@ -177,14 +177,11 @@ def _job(study: str, config: Any, settings: Settings, profile: str) -> parallel.
     return parallel.Job(study, payload, entry.after, entry.minutes.get(profile, 1.0))
 
 
-def _here(study: str, config: Any, settings: Settings, progress: Progress):
-    """Run (or load) one study in this process: (folder, metrics, None)."""
+def _here(study: str, config: Any, settings: Settings, progress: Progress) -> tuple[Path, dict]:
+    """Run (or load) one study in this process: (folder, metrics)."""
     env = Env(progress, settings.force, settings.data_dir, settings.executor)
     options = registry.get(study).in_suite
-    folder, metrics = execute_study(
-        study, config, env, root=settings.root, track=settings.track, **options
-    )
-    return folder, metrics, None
+    return execute_study(study, config, env, root=settings.root, track=settings.track, **options)
 
 
 def _manifest(root: Path, profile: str, protocol: str, with_: tuple, workers: int) -> dict:

@@ -127,6 +127,9 @@ def environment() -> dict[str, Any]:
         env["torch"] = torch.__version__
         env["torch_threads"] = torch.get_num_threads()
         env["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        from mnistlab.models import native  # results differ from torch's layers in the last bits
+
+        env["conv_pool"] = native.describe()
     except ImportError:  # pragma: no cover - torch is a hard dependency
         pass
     return env

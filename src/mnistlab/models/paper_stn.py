@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mnistlab.models import stack
-from mnistlab.models.stn import StackedSTN, STNNet, pool_relu
+from mnistlab.models.stn import StackedSTN, STNNet
 
 CONV1, CONV2 = 32, 32  # classifier filters (9×9, then 7×7)
 LOC_CONV, LOC_HIDDEN = 20, 50  # localisation filters (5×5, twice) and hidden units
@@ -93,11 +93,9 @@ class StackedPaperNet(StackedSTN):
         return self.loc_lr_scale if name.startswith(("localization.", "fc_loc.")) else 1.0
 
     def classify(
-        self, p: dict[str, torch.Tensor], g: torch.Tensor, step: stack.Step
+        self, p: dict[str, torch.Tensor], x: torch.Tensor, step: stack.Step
     ) -> torch.Tensor:
-        mf, b = self.memory_format, g.shape[0]
-        k = p["classifier.fc.weight"].shape[0]
-        g = pool_relu(stack.conv2d(g, p, "classifier.conv1", mf))
-        g = pool_relu(stack.conv2d(g, p, "classifier.conv2", mf))
-        h = g.reshape(b, k, -1).transpose(0, 1)
+        mf, k, b = self.memory_format, x.shape[0], x.shape[1]
+        g = stack.conv_pool_relu(x, p, "classifier.conv1", mf)
+        h = stack.conv_pool_relu(g, p, "classifier.conv2", mf).reshape(k, b, -1)
         return stack.linear(h, p, "classifier.fc")

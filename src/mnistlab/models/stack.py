@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from mnistlab.models import native
+
 
 def stack_states(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Solo state dicts (same keys and shapes) → one dict of ``[K, ...]`` tensors."""
@@ -156,6 +158,32 @@ def conv2d(
     if w.shape[2] == 1 and g.requires_grad and g.device.type == "cpu":
         return _OneChannelConv.apply(g, kernel, bias, k)
     return F.conv2d(g, kernel, bias, groups=k)
+
+
+def pool_relu(g: torch.Tensor) -> torch.Tensor:
+    return F.relu(F.max_pool2d(g, 2))
+
+
+def conv_pool_relu(
+    x: torch.Tensor,
+    p: dict[str, torch.Tensor],
+    name: str,
+    memory_format: torch.memory_format,
+    scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``relu(max_pool2d(conv2d(x) * scale, 2))`` per member: images ``[K, B, C, H, W]`` →
+    ``[K, B, Co, H', W']``; ``scale`` ``[K, B, Co]`` is Dropout2d's mask (None: none). One
+    native kernel where it covers the shapes (``models/native.py``: the STN's blocks on a CPU),
+    torch's grouped layers elsewhere — there the result is a view of the grouped tensor, so the
+    next block's :func:`to_groups` copies nothing."""
+    w, b = p[f"{name}.weight"], p[f"{name}.bias"]
+    if native.applies(x, w):
+        return native.conv_pool_relu(x, w, b, scale)
+    k, n = x.shape[:2]
+    g = conv2d(to_groups(x, memory_format), p, name, memory_format)
+    if scale is not None:
+        g = g * scale.transpose(0, 1).reshape(n, -1, 1, 1)
+    return pool_relu(g).unflatten(1, (k, -1)).transpose(0, 1)
 
 
 def batch_norm(

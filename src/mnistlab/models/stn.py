@@ -107,10 +107,6 @@ def init_stn(use_stn: bool, seed: int) -> STNNet:
         return STNNet(use_stn)
 
 
-def pool_relu(g: torch.Tensor) -> torch.Tensor:
-    return F.relu(F.max_pool2d(g, 2))
-
-
 class StackedSTN:
     """K members of :class:`STNNet` (with or without the transformer) as one grouped network.
 
@@ -131,10 +127,9 @@ class StackedSTN:
     def theta(self, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """``[K, B, 2, 3]`` affine matrices for inputs ``[K, B, 1, 28, 28]`` in [0, 1]."""
         k, b = x.shape[:2]
-        g = stack.to_groups(STNNet.normalise(x), self.memory_format)
-        g = pool_relu(stack.conv2d(g, p, "localization.0", self.memory_format))
-        g = pool_relu(stack.conv2d(g, p, "localization.3", self.memory_format))
-        h = g.reshape(b, k, -1).transpose(0, 1)
+        g = stack.conv_pool_relu(STNNet.normalise(x), p, "localization.0", self.memory_format)
+        g = stack.conv_pool_relu(g, p, "localization.3", self.memory_format)
+        h = g.reshape(k, b, -1)
         h = F.relu(stack.linear(h, p, "fc_loc.0"))
         return stack.linear(h, p, "fc_loc.2").view(k, b, 2, 3)
 
@@ -152,18 +147,17 @@ class StackedSTN:
         """Logits ``[K, B, 10]`` for images ``[K, B, 1, H, W]`` in [0, 1]."""
         if self.use_stn:
             x = self.transform(p, x)
-        return self.classify(p, stack.to_groups(STNNet.normalise(x), self.memory_format), step)
+        return self.classify(p, STNNet.normalise(x), step)
 
     def classify(
-        self, p: dict[str, torch.Tensor], g: torch.Tensor, step: stack.Step
+        self, p: dict[str, torch.Tensor], x: torch.Tensor, step: stack.Step
     ) -> torch.Tensor:
-        """The tutorial's classifier on grouped inputs ``[B, K, H, W]``."""
-        mf, k, b = self.memory_format, g.shape[1], g.shape[0]
-        g = pool_relu(stack.conv2d(g, p, "classifier.conv1", mf))
-        g = stack.conv2d(g, p, "classifier.conv2", mf)
-        if step.noise is not None and (m := step.noise.keep((g.shape[1] // k,))) is not None:
-            g = g * m.transpose(0, 1).reshape(b, -1, 1, 1)  # Dropout2d: whole channels
-        h = pool_relu(g).reshape(b, k, -1).transpose(0, 1)
+        """The tutorial's classifier on normalised images ``[K, B, 1, H, W]``."""
+        mf, k, b = self.memory_format, x.shape[0], x.shape[1]
+        g = stack.conv_pool_relu(x, p, "classifier.conv1", mf)
+        co = p["classifier.conv2.weight"].shape[1]
+        drop = step.noise.keep((co,)) if step.noise is not None else None  # Dropout2d
+        h = stack.conv_pool_relu(g, p, "classifier.conv2", mf, drop).reshape(k, b, -1)
         h = F.relu(stack.linear(h, p, "classifier.fc1"))
         if step.noise is not None and (m := step.noise.keep((h.shape[2],))) is not None:
             h = h * m

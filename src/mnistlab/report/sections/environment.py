@@ -34,16 +34,7 @@ def environment(manifest: dict[str, Any] | None, folders: dict[str, Path | None]
     sec.tables.append(Table(["study", "results folder", "seed", "wall time", "environment"], rows))
     any_cfg = next((runs.read_json(f / "config.json") for f in folders.values() if f), None)
     if any_cfg:
-        env = any_cfg["environment"]
-        sec.bullets.append(
-            f"Python {env.get('python')}, numpy {env.get('numpy')}, torch {env.get('torch')}, "
-            f"mnistlab {env.get('mnistlab')}; {env.get('platform')}"
-        )
-        data = any_cfg.get("data") or {}
-        if data:
-            sec.bullets.append(f"MNIST source: {data['source']} ({data['location']})")
-            for name, digest in data["sha256"].items():
-                sec.bullets.append(f"MNIST {name}: SHA-256 {digest} (verified at load)")
+        sec.bullets.extend(_software_and_data(any_cfg))
     fs = folders.get("fewshot")
     if fs is not None:
         m = runs.read_json(fs / "metrics.json")
@@ -67,3 +58,20 @@ def environment(manifest: dict[str, Any] | None, folders: dict[str, Path | None]
                 "(shown per study), as they do on the CPU."
             )
     return sec
+
+
+def _software_and_data(cfg: dict[str, Any]) -> list[str]:
+    env, data = cfg["environment"], cfg.get("data") or {}
+    lines = [
+        f"Python {env.get('python')}, numpy {env.get('numpy')}, torch {env.get('torch')}, "
+        f"mnistlab {env.get('mnistlab')}; {env.get('platform')}"
+    ]
+    if env.get("conv_pool"):
+        lines.append(
+            f"The STN's conv → pool → ReLU blocks on the CPU: {env['conv_pool']} (the native "
+            "kernel and torch's layers agree to rounding, not to the bit)"
+        )
+    if data:
+        lines.append(f"MNIST source: {data['source']} ({data['location']})")
+        lines += [f"MNIST {n}: SHA-256 {d} (verified at load)" for n, d in data["sha256"].items()]
+    return lines

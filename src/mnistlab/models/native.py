@@ -1,16 +1,16 @@
-"""The STN's one-input-channel conv → 2×2 max-pool → ReLU blocks as one C kernel on the CPU.
+"""The STN's four conv → 2×2 max-pool → ReLU blocks as one C kernel on the CPU.
 
-Why: on one core (each ``run all --jobs 2`` worker has one) these two blocks — the transformer's
-first convolution (k 7, 8 channels) and the classifier's (k 5, 10 channels, whose input needs a
-gradient) — took ≈ 15 of the STN stack step's ≈ 29 ms (K = 3, batch 64), at 15–28 GFLOP/s, half
-of it layout copies, zero fills and pooling around oneDNN's convolutions
-(``benchmarks/stn_bound.py``). ``conv_pool.c`` convolves each image into an L1-sized buffer, pools
-it there, and its backward visits only the windows' maxima — the only positions with a gradient.
+Why: on one core (each ``run all --jobs 2`` worker has one) these blocks took 27.6 of the STN
+stack step's 30.5 ms (K = 3, batch 64): oneDNN ran them at 15–43 GFLOP/s, and half of that time
+went to layout copies, zero fills and pooling around its convolutions. ``conv_pool.c``
+convolves each image into an L1-sized buffer and pools it there, and its backward visits only
+the windows' maxima — the only positions with a gradient: 11.7 ms for the four blocks, the
+step 2.1× faster (``benchmarks/conv_pool_bench.py``; README, Timings).
 
-The source is compiled once per source, compiler and CPU with the system's C compiler
-(``-O3 -march=native``) into the tool cache, and called through ctypes (which drops the GIL, so
-members are split over torch's thread count). Without a compiler, on another OS, for other
-shapes or dtypes, or with ``MNISTLAB_NATIVE=0`` the same block runs through torch. The two paths
+The source is compiled once per source, compiler and CPU with gcc (``-O3 -march=native``) into
+the tool cache and called through ctypes, single-threaded (split over a stack's members on two
+threads it was no faster). On a GPU, without gcc, on another OS, for other shapes or dtypes, or
+with ``MNISTLAB_NATIVE=0``, the same blocks run through torch's grouped layers. The two paths
 agree to rounding, not to the bit; which one ran is part of every run's environment record.
 """
 
@@ -46,9 +46,11 @@ _BACKWARD = [_V, _V, _V, _V, _V, _I, _I, _I, _I, _I, _I, _V, _V, _V]
 
 
 def _compiler() -> str | None:
+    """``$CC``, else gcc (the source uses GCC's vector extensions; clang lacks
+    ``__builtin_shuffle``, and a failed build only means torch's layers)."""
     if platform.system() != "Linux" or os.environ.get("MNISTLAB_NATIVE", "1") == "0":
         return None
-    return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    return shutil.which(os.environ.get("CC", "gcc"))
 
 
 def _cpu() -> bytes:

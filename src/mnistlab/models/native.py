@@ -137,8 +137,8 @@ class _ConvPoolReLU(torch.autograd.Function):
         co, ks = w.shape[1], w.shape[-1]
         hp = (h - ks + 1) // 2
         x, w, b = x.contiguous(), w.contiguous(), b.contiguous()
-        scale = scale.contiguous() if scale is not None else None
-        out = torch.empty((k, n, co, hp, hp))
+        scale = scale.to(torch.float32).contiguous() if scale is not None else None
+        out = torch.empty((k, n, co, hp, hp), dtype=torch.float32)
         code = torch.empty((k, n, co, hp, hp), dtype=torch.uint8)
         ptrs = (x.data_ptr(), w.data_ptr(), b.data_ptr(), _ptr(scale))
         shape = (n, cin, co, h, ks)
@@ -153,7 +153,7 @@ class _ConvPoolReLU(torch.autograd.Function):
         co, ks = w.shape[1], w.shape[-1]
         grad = grad.contiguous()
         gx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        gw, gb = torch.empty_like(w), torch.empty((k, co))
+        gw, gb = torch.empty_like(w), torch.empty((k, co), dtype=torch.float32)
         ptrs = (x.data_ptr(), w.data_ptr(), _ptr(scale), code.data_ptr(), grad.data_ptr())
         shape = (n, cin, co, h, ks)
         library().cpr_backward(*ptrs, k, *shape, gw.data_ptr(), gb.data_ptr(), _ptr(gx))

@@ -1,9 +1,9 @@
 /* relu(max_pool2d(conv2d(x, w, b) * s, 2)) per member of a stack, forward and backward, on the
  * CPU: the four conv → pool → ReLU blocks of the PyTorch tutorial's STN (28×28 inputs).
  *
- * Why by hand (models/native.py has the measurements): oneDNN runs these small grouped layers
- * at 15–65 GFLOP/s on one core, and much of their time goes to layout copies, zero fills and
- * pooling around the convolutions. Here the forward convolves one image at a time into an
+ * Why by hand (models/native.py has the measurements): oneDNN ran these small grouped layers
+ * at 15–43 GFLOP/s forward and backward on one core, and much of their time went to layout
+ * copies, zero fills and pooling around the convolutions. Here the forward convolves one image at a time into an
  * L1-sized buffer and pools it there; the backward uses what the pool threw away: only each
  * window's maximum gets a gradient, so the kernel and input gradients visit a quarter of the
  * positions a dense backward does, and nothing is stored at the convolution's resolution.

@@ -174,6 +174,9 @@ class EpochInfo:
 Prepare = Callable[[torch.Tensor], torch.Tensor]
 EVAL_ROWS = 8192  # rows per evaluation pass (shared sets: inputs; per-member sets: K × rows)
 OnEpoch = Callable[[EpochInfo], bool | None]
+# After each epoch's evaluation: extra columns of every member's history row (e.g. statistics
+# of the STN's θ on fixed images), so they are checkpointed and resumed with the history.
+Measure = Callable[["Stack"], list[dict[str, float]]]
 
 
 def identity(x: torch.Tensor) -> torch.Tensor:
@@ -643,6 +646,7 @@ def train_stack(
     description: str = "train",
     on_epoch: OnEpoch | None = None,
     cache_prepared: bool = False,
+    measure: Measure | None = None,
 ) -> StackResult:
     """Train ``members`` together; resume from ``checkpoint`` when it holds this stack.
 
@@ -658,6 +662,7 @@ def train_stack(
             runs once per pool image instead of once per batch and epoch: for the evaluation
             sets always (they are never augmented), for training when no member augments.
         on_epoch: called after each recorded epoch; returning True stops the stack.
+        measure: per-member extra history columns, computed after each epoch's evaluation.
     """
     progress = progress or default_progress()
     keep_freed_memory()  # also in a Ray worker or a notebook, where no study opened a run
@@ -678,7 +683,7 @@ def train_stack(
     for epoch in range(start, schedule.epochs + 1):
         if t.stopped or not any(t.alive):
             break
-        last = _epoch(t, epoch, task, on_epoch)
+        last = _epoch(t, epoch, task, on_epoch, measure)
         if checkpoint is not None and (last or epoch % schedule.checkpoint_every == 0):
             save_checkpoint(checkpoint, t.snapshot(epoch, print_))
         task.advance(0, epoch=epoch, **_progress_fields(t.history, epoch))
@@ -688,7 +693,9 @@ def train_stack(
     return StackResult(t.history, states, t.best_epoch, t.epochs_run, t.seconds, t.stopped)
 
 
-def _epoch(t: _Trainer, epoch: int, task: Task, on_epoch: OnEpoch | None) -> bool:
+def _epoch(
+    t: _Trainer, epoch: int, task: Task, on_epoch: OnEpoch | None, measure: Measure | None
+) -> bool:
     """Train, score and record one epoch; True when it is the stack's last."""
     schedule = t.s.schedule
     t0 = time.perf_counter()
@@ -697,9 +704,14 @@ def _epoch(t: _Trainer, epoch: int, task: Task, on_epoch: OnEpoch | None) -> boo
     ev = t.evaluator.evaluate()
     t.seconds += time.perf_counter() - t0
     t.record(epoch, totals, ev, t.seconds)
+    rows = [r for r in t.history if r["epoch"] == epoch]
+    if measure is not None:
+        with torch.no_grad():
+            extra = measure(t.s)
+        for r in rows:
+            r.update(extra[r["member"]])
     last = epoch == schedule.epochs or not any(t.alive)
     if on_epoch is not None:
-        rows = [r for r in t.history if r["epoch"] == epoch]
         info = EpochInfo(epoch, rows, list(t.best_epoch), list(t.improved), t.s, last)
         if on_epoch(info):
             t.stopped = last = True

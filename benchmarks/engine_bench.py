@@ -42,7 +42,7 @@ from mnistlab.progress import Progress
 from mnistlab.runs import environment, write_json
 from mnistlab.studies.digits import tune as digits_tune
 from mnistlab.studies.digits.common import CellContext, DigitsConfig, load_digits, to_flat
-from mnistlab.studies.stn import STNConfig, train_seeds
+from mnistlab.studies.stn.common import STNConfig, StudyData, train_seeds
 from mnistlab.train.engine import Member, Pool, Schedule, train_stack
 
 CPU = torch.device("cpu")
@@ -76,8 +76,7 @@ def bench_stn(epochs: int) -> dict:
             res = train_seeds(
                 model,
                 cfg,
-                pool,
-                len(y),
+                StudyData(pool, len(y), torch.zeros(len(yt), dtype=torch.long), ("all",)),
                 device=CPU,
                 out=Path(tmp),
                 progress=Progress(),

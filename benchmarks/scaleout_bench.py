@@ -24,8 +24,8 @@ from pathlib import Path
 
 from mnistlab import executors
 from mnistlab.runs import environment, write_json
-from mnistlab.studies import stn
 from mnistlab.studies.opening import Env
+from mnistlab.studies.stn import tutorial as stn
 
 
 def _port() -> int:

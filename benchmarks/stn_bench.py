@@ -18,7 +18,7 @@ import torch
 from mnistlab.data import KINDS, DeformParams, expand, load_mnist
 from mnistlab.progress import Progress
 from mnistlab.runs import environment, write_json
-from mnistlab.studies.stn import STNConfig, train_seeds
+from mnistlab.studies.stn.common import STNConfig, StudyData, train_seeds
 from mnistlab.train.devices import pick_device
 from mnistlab.train.engine import Pool
 
@@ -39,25 +39,37 @@ def main() -> None:
     cfg = STNConfig(epochs=args.epochs, seeds=args.seeds, device=device.type)
     result = {"device": str(device), "seeds": args.seeds, "expand_seconds": expand_s, "epoch": {}}
     pools = {
-        "60k": (Pool(torch.cat([x, xt]), torch.cat([y, yt])), len(y)),
+        "60k": (
+            StudyData(
+                Pool(torch.cat([x, xt]), torch.cat([y, yt])),
+                len(y),
+                torch.zeros(len(yt), dtype=torch.long),
+                ("all",),
+            ),
+            len(y),
+        ),
         "180k": (
-            Pool(
-                torch.cat([big.images, big_test.images]),
-                torch.cat([big.labels, big_test.labels]),
-                torch.cat([big.kind, big_test.kind]),
+            StudyData(
+                Pool(
+                    torch.cat([big.images, big_test.images]),
+                    torch.cat([big.labels, big_test.labels]),
+                    torch.cat([big.kind, big_test.kind]),
+                    KINDS,
+                ),
+                len(big),
+                big_test.kind,
                 KINDS,
             ),
             len(big),
         ),
     }
-    for label, (pool, n_train) in pools.items():
+    for label, (data, _) in pools.items():
         for model in ("stn", "baseline"):
             with tempfile.TemporaryDirectory() as tmp:
                 res = train_seeds(
                     model,
                     cfg,
-                    pool,
-                    n_train,
+                    data,
                     device=device,
                     out=Path(tmp),
                     progress=Progress(),

@@ -23,7 +23,7 @@ from mnistlab.data import load_mnist
 from mnistlab.data.distort import SIZES, distort
 from mnistlab.models.paper_stn import PaperNet
 from mnistlab.models.stn import to_input
-from mnistlab.studies.stn_paper import BUDGETS, members, train_model
+from mnistlab.studies.stn.paper import BUDGETS, members, train_model
 from mnistlab.train.engine import Pool
 from mnistlab.train.evaluate import solo
 

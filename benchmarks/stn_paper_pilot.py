@@ -1,7 +1,7 @@
 """How the stn-paper study's CPU budget got its learning rate: on a validation split, never
 the test set.
 
-The CPU budget (``studies/stn_paper.py``: SGD with momentum 0.9, batch 64, cosine over a few
+The CPU budget (``studies/stn/paper.py``: SGD with momentum 0.9, batch 64, cosine over a few
 epochs) needs one learning rate for CNN and ST-CNN alike. This script trains both on the
 first 50k distorted training images with several rates (one member each, one stack per model)
 and scores the last 10k distorted training images after every epoch. Its JSON goes to
@@ -22,7 +22,7 @@ import torch
 
 from mnistlab.data import load_mnist
 from mnistlab.data.distort import distort
-from mnistlab.studies.stn_paper import BUDGETS, MODELS, members, train_model
+from mnistlab.studies.stn.paper import BUDGETS, MODELS, members, train_model
 from mnistlab.train.engine import Pool
 
 VALIDATION = 10_000

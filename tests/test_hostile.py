@@ -72,6 +72,8 @@ TINY_STN = [
     "64",
     "--train-eval-size",
     "32",
+    "--jobs",  # in this process: the tests patch it (a study's workers would not see that)
+    "1",
 ]
 
 
@@ -210,7 +212,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path, capsy
 
 
 def test_a_second_writer_is_told_who_holds_the_folder(tmp_path, capsys, mnist):
-    from mnistlab.studies.stn import STNConfig
+    from mnistlab.studies.stn.common import STNConfig
 
     cfg = STNConfig(
         epochs=1, seeds=1, limit_train=128, limit_test=64, train_eval_size=32, device="cpu"
@@ -233,8 +235,8 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("mnistlab.studies.stn.run", interrupted)
-    code, err = _run(["run", "stn", "--results", str(tmp_path), "--quiet"], capsys)
+    monkeypatch.setattr("mnistlab.studies.stn.tutorial.run", interrupted)
+    code, err = _run(["run", "stn", "--jobs", "1", "--results", str(tmp_path), "--quiet"], capsys)
     assert code == 130 and "interrupted" in err and "Traceback" not in err
 
 

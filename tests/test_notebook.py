@@ -14,11 +14,11 @@ def test_a_notebook_call_shows_a_progress_bar(tmp_path, mnist):
             "from mnistlab import progress\nprint(type(progress.default()).__name__)"
         ),
         nbformat.v4.new_code_cell(
-            "from mnistlab.studies import stn\n"
+            "from mnistlab.studies.stn import tutorial as stn\n"
             "cfg = stn.STNConfig(epochs=1, seeds=1, limit_train=256, limit_test=64,\n"
             "                    train_eval_size=32, device='cpu')\n"
             f"m = stn.run(cfg, {str(tmp_path / 'run')!r})\n"
-            "print(round(m['stn']['final_test_acc'][0], 3))"
+            "print(round(m['models']['stn']['primary']['all'][0], 3))"
         ),
     ]
     client = nbclient.NotebookClient(

@@ -77,9 +77,10 @@ def test_studies_in_workers_give_the_numbers_of_one_process_with_their_threads(t
     assert len(pids) == 2  # the CNN's stack ran in a worker of its own, beside the STN's
     worker = runs.read_json(root / manifest["folders"]["stn"] / "metrics.json")
     for model in ("stn", "baseline"):
-        for key in ("curves", "per_seed_final", "test_correct_seed0"):
-            assert worker[model][key] == alone[model][key], (model, key)
-    assert worker["deformations"] == alone["deformations"]
+        for key in ("curves_by_seed", "per_seed_primary", "test_correct_by_seed"):
+            assert worker["models"][model][key] == alone["models"][model][key], (model, key)
+    for key in ("deformations_by_seed", "theta_by_seed", "ablation"):
+        assert worker[key] == alone[key], key
 
     again = Recorder()  # everything finished: loaded here, nothing started
     _tiny_run_all(root, again)
@@ -205,3 +206,34 @@ def test_a_delegated_cell_that_fails_stops_the_study_waiting_for_it(tmp_path):
     with pytest.raises(MnistlabError, match="light: refused on purpose"):
         _run([parallel.Job("study", (tmp_path, True))], _study_with_cells)
     assert not multiprocessing.active_children()
+
+
+def test_a_study_run_alone_uses_both_cores_with_the_numbers_of_run_all(tmp_path, mnist):
+    """``mnistlab run stn-deform`` alone: its CNN stack runs in a second worker beside the
+    STN's (each single-threaded, as in ``make run``), so run alone and run inside ``run all``
+    give the same numbers."""
+    from mnistlab.cli import main
+
+    cfg = registry.profile_configs("tiny", 0, "cpu", "specified")["stn-deform"]
+    argv = ["run", "stn-deform", "--jobs", "2", "--device", "cpu", "--quiet"]
+    for field in ("epochs", "seeds", "limit_train", "limit_test", "train_eval_size"):
+        argv += [f"--{field.replace('_', '-')}", str(getattr(cfg, field))]
+    assert main([*argv, "--results", str(tmp_path / "alone")]) == 0
+    folder = runs.run_dir(tmp_path / "alone", "stn-deform", cfg)
+    pids = {
+        runs.read_json(folder / "cells" / f"{m}.json")["where"]["pid"] for m in ("stn", "baseline")
+    }
+    assert len(pids) == 2 and os.getpid() not in pids
+    in_suite = tmp_path / "suite"
+    parallel.run_jobs(
+        [suite._job("stn-deform", cfg, suite.Settings(in_suite), "tiny")],
+        suite._run_job,
+        workers=2,
+        progress=Progress(),
+        on_result=lambda *a: None,
+    )
+    ours = runs.read_json(folder / "metrics.json")
+    theirs = runs.read_json(runs.run_dir(in_suite, "stn-deform", cfg) / "metrics.json")
+    for key in ("per_seed_primary", "per_seed_final", "curves_by_seed"):
+        assert ours["models"]["stn"][key] == theirs["models"]["stn"][key], key
+    assert ours["ablation"] == theirs["ablation"]

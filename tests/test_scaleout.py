@@ -16,8 +16,9 @@ import pytest
 
 from mnistlab import executors, runs
 from mnistlab.errors import MnistlabError
-from mnistlab.studies import digits, stn
+from mnistlab.studies import digits
 from mnistlab.studies.opening import Env
+from mnistlab.studies.stn import tutorial as stn
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'mnistlab[ray]')")
 

@@ -6,8 +6,10 @@ import torch
 from mnistlab.errors import MnistlabError
 from mnistlab.models.stn import STNNet
 from mnistlab.progress import Progress, Task
-from mnistlab.studies import stn, stn_deform
 from mnistlab.studies.opening import Env
+from mnistlab.studies.stn import common, theta
+from mnistlab.studies.stn import deform as stn_deform
+from mnistlab.studies.stn import tutorial as stn
 
 
 def test_identity_initialisation_gives_identity_warp():
@@ -29,25 +31,27 @@ def test_identity_initialisation_gives_identity_warp():
     ],
 )
 def test_theta_decomposition_recovers_synthetic_transforms(params):
-    parts = stn.decompose_theta(stn.compose_theta(*params))
+    parts = theta.decompose_theta(theta.compose_theta(*params))
     got = [parts[k].item() for k in ("rotation_deg", "scale_x", "scale_y", "shear", "tx", "ty")]
     for g, want in zip(got, params, strict=True):
         assert math.isclose(g, want, abs_tol=1e-4)
 
 
 def test_deformation_list_is_derived_from_numbers():
-    from mnistlab.report.sections import describe_deformations
+    from mnistlab.report.sections.stn import deformation_bullets, learned_in_seeds
 
-    theta = torch.cat(
-        [stn.compose_theta(20 if i % 2 else -20, 0.5, 0.5, 0, 0, 0) for i in range(200)]
+    th = torch.cat(
+        [theta.compose_theta(20 if i % 2 else -20, 0.5, 0.5, 0, 0, 0) for i in range(200)]
     )
-    stats = stn.deformation_stats(stn.decompose_theta(theta))
+    stats = theta.deformation_stats(theta.decompose_theta(th))
     assert stats["rotation"]["learned"] and stats["zoom"]["learned"]
     assert not stats["shear"]["learned"] and not stats["translation"]["learned"]
-    lines = describe_deformations(stats)
-    assert any(line.startswith("zoom: used") and "zoom-in of 2.00×" in line for line in lines)
-    stats["zoom"]["mean_scale"] = 1.25
-    assert "zoom-out of 1.25×" in describe_deformations(stats)[1]
+    plain = theta.deformation_stats(theta.decompose_theta(theta.compose_theta(0, 1, 1, 0, 0, 0)))
+    used = learned_in_seeds([stats, plain])
+    assert used["rotation"] == 1 and used["shear"] == 0
+    lines = deformation_bullets(used, [stats, plain])
+    assert any(line.startswith("zoom: used in 1 of 2 seeds") for line in lines)
+    assert any("mean θ scale 0.500–1.000" in line for line in lines)
 
 
 TINY = dict(epochs=2, seeds=2, limit_train=512, limit_test=256, train_eval_size=128, device="cpu")
@@ -56,10 +60,18 @@ TINY = dict(epochs=2, seeds=2, limit_train=512, limit_test=256, train_eval_size=
 def test_stn_study_end_to_end_and_no_retrain(tmp_path, mnist):
     cfg = stn.STNConfig(**TINY)
     m = stn.run(cfg, tmp_path)
-    assert 0 <= m["stn"]["final_test_acc"][0] <= 1 and len(m["stn"]["per_seed_final"]) == 2
-    assert set(m["deformations"]) == {"rotation", "zoom", "anisotropy", "shear", "translation"}
-    for f in ("theta_hist.png", "theta_examples.png", "accuracy_curves.png", "metrics.json"):
-        assert (tmp_path / f).is_file()
+    a = m["models"]["stn"]
+    assert 0 <= a["primary"]["all"][0] <= 1 and len(a["per_seed_primary"]["all"]) == 2
+    assert len(m["deformations_by_seed"]) == 2
+    assert set(m["deformations_by_seed"][1]) == {
+        "rotation",
+        "zoom",
+        "anisotropy",
+        "shear",
+        "translation",
+    }
+    for f in ("theta_hist", "theta_examples", "accuracy_curves", "theta_by_seed", "metrics"):
+        assert (tmp_path / f"{f}.json" if f == "metrics" else tmp_path / f"{f}.png").is_file()
     mtime = (tmp_path / "metrics.json").stat().st_mtime_ns
     stn.run(cfg, tmp_path)  # finished: loaded, not retrained
     assert (tmp_path / "metrics.json").stat().st_mtime_ns == mtime
@@ -83,10 +95,6 @@ class _Interrupt(Progress):
         return T()
 
 
-def _numbers(m):
-    return {k: m[k] for k in ("stn", "baseline", "deformations")}
-
-
 def test_stn_study_resumes_to_the_same_numbers(tmp_path, mnist):
     cfg = stn.STNConfig(**TINY)
     ref = stn.run(cfg, tmp_path / "ref")
@@ -95,9 +103,10 @@ def test_stn_study_resumes_to_the_same_numbers(tmp_path, mnist):
     assert not (tmp_path / "run" / "metrics.json").exists()
     resumed = stn.run(cfg, tmp_path / "run")
     for model in ("stn", "baseline"):
-        for key in ("per_seed_final", "per_seed_best", "curves"):
-            assert resumed[model][key] == ref[model][key]
-    assert resumed["deformations"] == ref["deformations"]
+        for key in ("per_seed_primary", "per_seed_final", "curves_by_seed"):
+            assert resumed["models"][model][key] == ref["models"][model][key]
+    for key in ("deformations_by_seed", "theta_by_seed", "ablation"):
+        assert resumed[key] == ref[key]
 
 
 def test_stn_deform_end_to_end(tmp_path, mnist, tmp_cache):
@@ -106,8 +115,9 @@ def test_stn_deform_end_to_end(tmp_path, mnist, tmp_cache):
     )
     m = stn_deform.run(cfg, tmp_path)
     assert m["n_train"] == 900 and m["n_test"] == 300
-    assert set(m["final_test_acc"]["stn"]) == {"all", "original", "elastic", "zoom"}
+    assert set(m["models"]["stn"]["primary"]) == {"all", "original", "elastic", "zoom"}
     assert m["test_kind_counts"] == [100, 100, 100]
+    assert len(m["magnification"]["per_seed"]) == cfg.seeds
     for f in ("accuracy_curves.png", "deform_examples.png", "scale_by_kind.png"):
         assert (tmp_path / f).is_file()
 
@@ -128,3 +138,77 @@ def test_stn_deform_end_to_end(tmp_path, mnist, tmp_cache):
 def test_config_rejects_bad_values(bad):
     with pytest.raises(MnistlabError):
         stn.STNConfig(**bad)
+
+
+# --------------------------------------------------------------- the primary score and θ
+
+
+def test_primary_score_is_the_mean_of_the_last_epochs_and_flips_the_verdict(tmp_path, mnist):
+    """The score is read from a real tiny run's history; the report's verdict follows it."""
+    cfg = stn.STNConfig(**{**TINY, "epochs": 3, "score_epochs": 2})
+    m = stn.run(cfg, tmp_path)
+    a = m["models"]
+    for model in ("stn", "baseline"):
+        for k in range(2):
+            curve = a[model]["curves_by_seed"]["test_acc"][k]
+            assert a[model]["per_seed_primary"]["all"][k] == pytest.approx(sum(curve[-2:]) / 2)
+            assert a[model]["per_seed_final"]["all"][k] == curve[-1]
+    from mnistlab.report.sections.stn import verdict
+
+    m["models"]["stn"]["per_seed_primary"]["all"] = [0.99, 0.985, 0.98]
+    m["models"]["baseline"]["per_seed_primary"]["all"] = [0.95, 0.946, 0.94]
+    better = verdict(m, "all")
+    assert better.significant and better.diff > 0
+    (
+        m["models"]["stn"]["per_seed_primary"]["all"],
+        m["models"]["baseline"]["per_seed_primary"]["all"],
+    ) = [0.95, 0.946, 0.94], [0.99, 0.985, 0.98]
+    worse = verdict(m, "all")
+    assert worse.significant and worse.diff < 0
+
+
+def test_theta_ablations_on_a_tiny_run(tmp_path, mnist):
+    """Identity θ scores exactly what the classifier scores on unwarped images; the image's
+    own θ scores what the history recorded for that epoch."""
+    cfg = stn.STNConfig(**TINY)
+    m = stn.run(cfg, tmp_path)
+    ab = m["ablation"]
+    assert ab["variants"] == ["stn", "identity", "kind_mean", "shuffled"]
+    x, y = mnist["test"][0][: cfg.limit_test], mnist["test"][1][: cfg.limit_test]
+    from mnistlab.models.stn import STNNet, to_input
+    from mnistlab.train.checkpoint import load_checkpoint
+    from mnistlab.train.evaluate import predict, solo
+
+    for k, seed in enumerate(m["models"]["stn"]["seeds"]):
+        identity, own = 0.0, 0.0
+        for e in ab["epochs"]:
+            state = load_checkpoint(common.scored_weights(tmp_path, seed, e))["model"]
+            net = solo(STNNet(True), state)
+            logits = predict(net, x, to_input, call=lambda v, n=net: n.classifier(n.normalise(v)))
+            identity += float((logits.argmax(1) == y).float().mean()) / len(ab["epochs"])
+            own += float((predict(net, x, to_input).argmax(1) == y).float().mean())
+        assert ab["per_seed"]["identity"]["all"][k] == pytest.approx(identity, abs=1e-6)
+        assert ab["per_seed"]["stn"]["all"][k] == pytest.approx(own / len(ab["epochs"]), abs=1e-6)
+
+
+def test_theta_probe_records_every_epoch_and_magnification_reads_it():
+    rows = [
+        {"theta_scale_original": 1.0, "theta_scale_zoom": 0.5},
+        {"theta_scale_original": 0.9, "theta_scale_zoom": 0.3},
+    ]
+    assert theta.magnification(rows) == pytest.approx(math.sqrt(2.0 * 3.0))
+    kinds = torch.tensor([0, 1, 0, 1, 1])
+    perm = theta.shuffle_within(kinds, seed=3)
+    assert sorted(perm.tolist()) == list(range(5)) and torch.equal(kinds[perm], kinds)
+    assert theta.probe_set(kinds, 1).tolist() == [0, 1]
+
+
+def test_stn_curves_are_drawn_per_seed(tmp_path):
+    from mnistlab.figures import stn as figures
+
+    curves = {
+        m: {"train_eval_acc": [[0.9, 0.95], [0.91, 0.96]], "test_acc": [[0.9, 0.94], [0.9, 0.97]]}
+        for m in ("stn", "baseline")
+    }
+    figures.seed_curves(tmp_path, curves, "t")
+    assert (tmp_path / "accuracy_curves.png").stat().st_size > 1000

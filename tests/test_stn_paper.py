@@ -9,9 +9,9 @@ from mnistlab.data.distort import DISTORTIONS, SIZES, distort
 from mnistlab.errors import MnistlabError
 from mnistlab.models.paper_stn import StackedPaperNet, init_paper_net
 from mnistlab.models.stack import Step, stack_states
-from mnistlab.studies import stn_paper
 from mnistlab.studies.opening import Env
-from mnistlab.studies.stn import compose_theta
+from mnistlab.studies.stn import paper as stn_paper
+from mnistlab.studies.stn.theta import compose_theta
 from tests.test_stn import _Interrupt
 
 

@@ -95,6 +95,12 @@ def test_one_value_prints_no_interval():
 def test_the_cli_summary_line_follows_the_same_rule():
     from mnistlab.registry import summary_line
 
-    metrics = {"stn": {"final_test_acc": [0.678, 0.0]}, "baseline": {"final_test_acc": [0.7, 0.01]}}
+    metrics = {
+        "score_epochs": 5,
+        "models": {
+            "stn": {"primary": {"all": [0.678, 0.0]}},
+            "baseline": {"primary": {"all": [0.7, 0.01]}},
+        },
+    }
     line = summary_line("stn", metrics)
     assert "STN 67.80 %" in line and "CNN 70.00 ± 1.00 %" in line and "± 0.00" not in line

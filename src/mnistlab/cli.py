@@ -405,7 +405,6 @@ def _executor(args: argparse.Namespace):
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from mnistlab import registry, suite
-    from mnistlab.studies.opening import Env
 
     study = registry.get(args.study)
     groups = [OPTION_GROUPS[g] for g in study.options]
@@ -415,11 +414,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = dataclasses.replace(config, device=args.device)
     executor = _executor(args)
     run_kwargs = {k: v for g in groups for k, v in g.run_kwargs(args).items()}
+    workers = suite.resolve_jobs(getattr(args, "jobs", 1), args.device, args.executor)
+    settings = suite.Settings(root, args.force, args.data_dir, args.track, executor)
     with _progress(args) as progress:
-        env = Env(progress, args.force, args.data_dir, executor)
-        folder, metrics = suite.execute_study(
-            args.study, config, env, root=root, track=args.track, **run_kwargs
-        )
+        folder, metrics = suite.run_one(args.study, config, settings, progress, run_kwargs, workers)
     print(f"{registry.summary_line(args.study, metrics)} → {folder}")
     return 0
 
@@ -520,6 +518,15 @@ def _add_run(sub) -> None:
         for group in study.options:
             OPTION_GROUPS[group].add(p)
         p.add_argument("--device", default="auto", help=device_help)
+        if study.cells_path is not None:
+            p.add_argument(
+                "--jobs",
+                type=_jobs,
+                default="auto",
+                metavar="N",
+                help="worker processes for the study's independent cells (one thread each on a "
+                "2-core CPU, as in run all); auto: 2 on a CPU with 2+ cores (default: auto)",
+            )
         _common(p)
         p.set_defaults(func=_cmd_run)
     a = rsub.add_parser("all", help="every study with one profile, then the report")

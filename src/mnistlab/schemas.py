@@ -99,40 +99,58 @@ class Deformation(TypedDict):
     mean_signed_deg: NotRequired[float]  # rotation
 
 
+KindAcc = dict[str, MeanCI]  # all (every test image) / original / elastic / zoom
+KindSeeds = dict[str, list[float]]  # per kind, one value per seed
+
+
 class STNModel(TypedDict):
-    epochs: int
     seeds: list[int]
-    final_test_acc: MeanCI
-    best_test_acc: MeanCI
-    per_seed_final: list[float]
-    per_seed_best: list[float]
-    curves: dict[str, list[float]]
-    test_correct_seed0: str
+    epochs: int
+    primary: KindAcc  # the verdicts' score: mean test accuracy over the scored epochs
+    per_seed_primary: KindSeeds
+    final: KindAcc  # the last epoch's (secondary: what the tutorial prints)
+    per_seed_final: KindSeeds
+    best: KindAcc
+    train_primary: KindAcc
+    curves_by_seed: dict[str, list[list[float]]]  # column → one curve per seed
+    test_correct_by_seed: list[str]  # packed bits per seed: its final model, per test image
+    stack_seconds: float
+
+
+class Ablation(TypedDict):
+    variants: list[str]  # stn (its own θ), identity, kind_mean, shuffled
+    epochs: list[int]
+    per_seed: dict[str, KindSeeds]  # variant → kind → accuracy per seed
 
 
 class STNMetrics(TypedDict):
-    stn: STNModel
-    baseline: STNModel
+    """Both tutorial-STN studies (``stn``: one kind, ``all``; ``stn-deform``: per kind)."""
+
+    kinds: list[str]
+    score_epochs: int
+    models: dict[str, STNModel]  # stn, baseline
+    theta_by_seed: dict[str, list[list[float]]]  # theta_<stat>_<kind> → per seed, per epoch
+    ablation: Ablation
     n_test: int
-    padding: str
-    deformations: dict[str, Deformation]
-
-
-KindAcc = dict[str, MeanCI]  # all / original / elastic / zoom
-
-
-class STNDeformMetrics(TypedDict):
     n_train: int
-    n_test: int
+
+
+class STNTutorialMetrics(STNMetrics):
+    padding: str
+    deformations_by_seed: list[dict[str, Deformation]]  # per seed: θ on every test image
+
+
+class Magnification(TypedDict):
+    per_seed: list[float]
+    full_undo: float
+
+
+class STNDeformMetrics(STNMetrics):
     sigma: float
     zoom_factor: float
-    final_test_acc: dict[str, KindAcc]  # per model
-    final_train_acc: dict[str, KindAcc]
-    per_seed_final_test_acc: dict[str, dict[str, list[float]]]
-    mean_scale_by_kind: dict[str, float]
-    kinds: list[str]  # the kinds of image, in the order of the expanded test set
-    test_kind_counts: list[int]
-    test_correct_by_seed: dict[str, list[str]]  # per model, one packed vector per seed
+    test_kind_counts: list[int]  # test images per kind, in the expanded test set's order
+    magnification: Magnification
+    deformations_by_seed: list[dict[str, dict[str, Deformation]]]
 
 
 # ------------------------------------------------------------------------- digits
@@ -168,12 +186,22 @@ class VariantSummary(TestScores):
 
 class BatchnormResult(TypedDict):
     target_val_acc: float
-    plain: VariantSummary
+    plain: VariantSummary  # the first seed (its curves are the figure's)
     batchnorm: VariantSummary
+    seeds: list[int]
+    by_seed: dict[str, list[VariantSummary]]  # plain / batchnorm → one per seed (paired)
 
 
 class DropoutResult(TypedDict):
-    rates: dict[str, VariantSummary]  # "0.0" is the model without dropout
+    rates: dict[str, VariantSummary]  # "0.0" is the model without dropout; first seed
+    by_seed: dict[str, list[VariantSummary]]  # rate → one per seed (paired with "0.0")
+
+
+class SourcesResult(TypedDict):
+    """The tuned recipe retrained once per transfer seed (each transfer seed's source)."""
+
+    seeds: list[TestScores]
+    summary: dict[str, MeanCI]
 
 
 class TransferSeed(TestScores):
@@ -196,7 +224,6 @@ class TransferResult(TypedDict):
     n_train: int
     n_val: int
     n_test: int
-    source_model: str
     stack_seconds: float
     seeds: list[TransferSeed]
     summary: TransferSummary
@@ -234,6 +261,7 @@ DIGITS_FILES = {
     "tune/result.json": TuneResult,
     "batchnorm/result.json": BatchnormResult,
     "dropout/result.json": DropoutResult,
+    "sources/result.json": SourcesResult,
     **{f"transfer/{v}.json": TransferResult for v in ("scratch", "frozen5", "cached5")},
     **{f"transfer/{v}.json": TransferResult for v in ("reuse4", "unfreeze2")},
 }

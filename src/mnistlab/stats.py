@@ -124,6 +124,15 @@ def paired(a: Sequence[float], b: Sequence[float], what: str = "seeds") -> Compa
     return Comparison(float(d.mean()), p, test, len(d))
 
 
+def one_sample(values: Sequence[float], mu: float, what: str = "seeds") -> Comparison:
+    """One-sample t-test of ``values`` against ``mu`` (``diff`` = mean − ``mu``): e.g. the
+    log of a magnification per seed against log 1 (no zoom) or log Z (a full undo)."""
+    zeros = [mu] * len(values)
+    c = paired(values, zeros, what)
+    test = c.test.replace("paired t-test", "one-sample t-test")
+    return Comparison(c.diff, c.p, test, c.n, c.why)
+
+
 def mcnemar(a_only: int, b_only: int, n: int) -> Comparison:
     """Two models on the same ``n`` test images: ``a_only`` images only ``a`` got right,
     ``b_only`` only ``b``. Exact binomial test on the discordant pairs."""

@@ -119,6 +119,37 @@ def _run_cell(study: str, config: Any, key: str, s: Settings, progress: Progress
             cell.run()
 
 
+def run_one(
+    study: str,
+    config: Any,
+    settings: Settings,
+    progress: Progress,
+    options: dict[str, Any],
+    workers: int,
+) -> tuple[Path, dict]:
+    """``mnistlab run STUDY``: here, or — for a study with independent cells on a CPU with
+    ``workers`` > 1 — in a worker process that hands its other cells to a second worker
+    (:mod:`mnistlab.parallel`), so a study run alone uses every core as ``run all`` does, with
+    the same threads per process (and therefore the same numbers as ``make run``)."""
+    folder = runs.run_dir(settings.root, study, config)
+    finished = runs.is_complete(folder) and not settings.force
+    if workers < 2 or registry.get(study).cells_path is None or finished:
+        env = Env(progress, settings.force, settings.data_dir, settings.executor)
+        return execute_study(
+            study, config, env, root=settings.root, track=settings.track, **options
+        )
+    job = parallel.Job(study, (study, config, options, replace(settings, executor=None)))
+    out: dict[str, dict] = {}
+    parallel.run_jobs(
+        [job],
+        _run_job,
+        workers=workers,
+        progress=progress,
+        on_result=lambda job, metrics, seconds: out.update(metrics=metrics),
+    )
+    return folder, out["metrics"]
+
+
 def run_all(
     *,
     profile: str,
@@ -226,4 +257,4 @@ def _record(
     runs.write_json(root / MANIFEST, manifest)
 
 
-__all__ = ["Settings", "execute_study", "resolve_jobs", "run_all"]
+__all__ = ["Settings", "execute_study", "resolve_jobs", "run_all", "run_one"]

@@ -40,28 +40,32 @@ def _pairs(images: np.ndarray, warped: np.ndarray, rows) -> np.ndarray:
     )
 
 
-def accuracy_curves(
+def seed_curves(
     out: Path,
-    curves: dict[str, dict[str, list[float]]],
+    curves: dict[str, dict[str, list[list[float]]]],
     title: str,
     kinds: tuple[str, ...] = ("all",),
 ) -> None:
-    """Train (dashed, eval mode on a fixed subset) and test (solid) accuracy per epoch, mean
-    over seeds, per model and kind."""
+    """Train (dashed, eval mode on a fixed subset) and test (solid) accuracy per epoch, per
+    model and kind: every seed a thin line, their mean bold — the swings between epochs stay
+    visible instead of being averaged away. ``curves[model][column]``: one list per seed."""
     fig, axes = plt.subplots(1, len(kinds), figsize=(5.2 * len(kinds), 4), squeeze=False)
     colours = {"stn": "#c44e52", "baseline": "#4c72b0"}
     for ax, kind in zip(axes[0], kinds, strict=True):
         suffix = "" if kind == "all" else f"_{kind}"
         for model, c in curves.items():
             for split, ls, label in (("train_eval", "--", "train"), ("test", "-", "test")):
-                values = c[f"{split}_acc{suffix}"]
-                epochs = range(1, len(values) + 1)
+                seeds = 100 * np.asarray(c[f"{split}_acc{suffix}"])
+                epochs = np.arange(1, seeds.shape[1] + 1)
+                for one in seeds:
+                    ax.plot(epochs, one, ls, color=colours[model], lw=0.6, alpha=0.35)
                 ax.plot(
                     epochs,
-                    [100 * v for v in values],
+                    seeds.mean(0),
                     ls,
                     color=colours[model],
-                    label=f"{model} {label}",
+                    lw=2.0,
+                    label=f"{model} {label} (mean of {len(seeds)})",
                 )
         ax.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{title}: {kind}")
         ax.grid(alpha=0.3)
@@ -71,16 +75,24 @@ def accuracy_curves(
 
 
 def kind_examples(
-    out: Path,
-    images: np.ndarray,
-    warped: np.ndarray,
-    shown: dict[str, list[int]],
-    stem: str = "deform_examples",
+    out: Path, rows: dict[str, tuple[np.ndarray, np.ndarray]], stem: str = "deform_examples"
 ) -> None:
-    """For each kind: the test images ``shown[kind]``, input beside the STN's output."""
-    fig = image_grid(_pairs(images, warped, shown.values()), row_labels=list(shown))
+    """One row per label (e.g. a seed and a kind): its images, input beside the STN's output."""
+    grid = np.stack([np.concatenate([inputs, warped], axis=2) for inputs, warped in rows.values()])
+    fig = image_grid(grid, row_labels=list(rows))
     fig.suptitle("input | STN output", fontsize=9)
     save_figure(fig, out / stem)
+
+
+def seeds_grid(
+    out: Path, images: np.ndarray, warped_by_seed: list[np.ndarray], seeds: list[int]
+) -> None:
+    """The same test images through every seed's STN: input | output, one row per seed."""
+    kind_examples(
+        out,
+        {f"seed {s}": (images, w) for s, w in zip(seeds, warped_by_seed, strict=True)},
+        stem="theta_by_seed",
+    )
 
 
 def scale_by_kind(out: Path, scale: dict[str, list[float]], zoom: float) -> None:

@@ -8,23 +8,14 @@ from mnistlab.report.sections.common import Section, Table, published
 from mnistlab.report.sections.digits import digits, digits_best
 from mnistlab.report.sections.environment import environment
 from mnistlab.report.sections.fewshot import fewshot, fewshot_best
-from mnistlab.report.sections.stn import (
-    deform_comparisons,
-    describe_deformations,
-    explain_deform,
-    stn,
-    stn_deform,
-)
+from mnistlab.report.sections.stn import stn, stn_deform
 
 __all__ = [
     "Section",
     "Table",
-    "deform_comparisons",
-    "describe_deformations",
     "digits",
     "digits_best",
     "environment",
-    "explain_deform",
     "fewshot",
     "fewshot_best",
     "published",

@@ -70,96 +70,112 @@ def digits(folder: Path | None, baseline: Path | None = None) -> list[Section]:
     return [sec, sec2]
 
 
-def _mcnemar(a: dict, b: dict) -> Comparison:
-    """Two single models of part 1 on the same test images."""
-    return compare_correct(a["test_correct"], b["test_correct"], a["test_n"])
+def _per_seed(rows: list[dict], key: str) -> list[float]:
+    return [r[key] for r in rows]
 
 
-def _reach(r: dict) -> str:
-    e = r["epochs_to_target"]
-    return f"{e} epoch(s)" if e is not None else "never"
+def _reach(e: int | None) -> str:
+    return f"{e}" if e is not None else "never"
 
 
-def _faster(b: dict, p: dict, goal: float) -> str:
-    """Converging faster is a count of epochs, not a significance question: say so."""
-    inf = 10**9
-    eb, ep = b["epochs_to_target"] or inf, p["epochs_to_target"] or inf
-    answer_ = "the same number of epochs" if eb == ep else "Yes" if eb < ep else "No"
-    return (
-        f"{answer_}, judged by the epochs each needed to reach {pct(goal, 0)} validation "
-        f"accuracy ({_reach(b)} with batch norm vs {_reach(p)} without; one training run each)"
+def _faster(bn: dict) -> tuple[Comparison, str]:
+    """Converging faster, over the seeds: the paired test of the epochs each run needed to
+    reach the target validation accuracy (a run that never reached it counts as its epoch
+    cap + 1, so it is never called faster)."""
+    by = bn["by_seed"]
+    cap = max(r["epochs_run"] for rs in by.values() for r in rs) + 1
+    epochs = {k: [r["epochs_to_target"] or cap for r in rs] for k, rs in by.items()}
+    c = paired(epochs["plain"], epochs["batchnorm"])  # > 0: batch norm needed fewer epochs
+    text = ", ".join(
+        f"{_reach(b['epochs_to_target'])} vs {_reach(p['epochs_to_target'])}"
+        for b, p in zip(by["batchnorm"], by["plain"], strict=True)
     )
+    return c, text
 
 
 def _batchnorm(sec: Section, bn: dict, folder: Path) -> None:
-    p, b, goal = bn["plain"], bn["batchnorm"], bn["target_val_acc"]
-    c = _mcnemar(b, p)
+    by, goal = bn["by_seed"], bn["target_val_acc"]
+    n = len(bn["seeds"])
+    acc = {k: _per_seed(rs, "test_acc") for k, rs in by.items()}
+    prec = {k: mean_ci(_per_seed(rs, "test_precision")) for k, rs in by.items()}
+    c = paired(acc["batchnorm"], acc["plain"])
+    fast, epochs = _faster(bn)
     sec.paragraphs.append(
-        f"Batch norm: reached {pct(goal, 0)} validation accuracy in {_reach(b)} vs {_reach(p)} "
-        f"without; best validation loss at epoch {b['best_epoch']} vs {p['best_epoch']}; test "
-        f"precision {pct(b['test_precision'])} vs {pct(p['test_precision'])}. Converges faster? "
-        f"{_faster(b, p, goal)}. Better model? {answer(c)}: on test accuracy "
+        f"**Batch norm — converges faster?** {answer(fast)}: epochs to {pct(goal, 0)} "
+        f"validation accuracy with vs without batch norm, seed by seed: {epochs} "
+        f"(epochs batch norm saves, mean over seeds: {signed(fast, scale=1, unit='epoch')})."
+    )
+    sec.paragraphs.append(
+        f"**Better model?** {answer(c)}: test precision {pm(prec['batchnorm'])} with batch norm "
+        f"vs {pm(prec['plain'])} without ({count(n, 'seed')}, each pairing both models' "
+        f"initialisation stream and batch order); on test accuracy "
         f"{compare(c, 'the model with batch norm', 'the one without')}. Epochs are not free: "
-        f"{b['seconds'] / max(b['epochs_run'], 1):.2f} s per epoch with batch norm vs "
-        f"{p['seconds'] / max(p['epochs_run'], 1):.2f} s without."
+        f"{_epoch_seconds(by['batchnorm']):.2f} s per epoch with batch norm vs "
+        f"{_epoch_seconds(by['plain']):.2f} s without."
     )
     sec.figures += fig(
         folder / "batchnorm",
         "curves",
-        "Learning curves with and without batch norm (dashed: train)",
+        "Learning curves with and without batch norm, first seed (dashed: train)",
     )
+
+
+def _epoch_seconds(rows: list[dict]) -> float:
+    return sum(r["seconds"] / max(r["epochs_run"], 1) for r in rows) / len(rows)
+
+
+def chosen_rate(do: dict) -> str:
+    """The dropout rate validation chose: the highest mean best-epoch validation accuracy over
+    the seeds (ties go to the smaller rate)."""
+    by = do["by_seed"]
+    return max(by, key=lambda r: (sum(_per_seed(by[r], "val_acc_at_best")) / len(by[r]), -float(r)))
 
 
 def _dropout(sec: Section, do: dict, folder: Path) -> None:
-    rates = do["rates"]
-    base = rates["0.0"]
-    # chosen on validation (best-epoch validation accuracy; ties go to the smaller rate)
-    chosen, best = max(rates.items(), key=lambda kv: (kv[1]["val_acc_at_best"], -float(kv[0])))
+    by = do["by_seed"]
+    chosen = chosen_rate(do)
+    base = by["0.0"]
+    gap = mean_ci(_per_seed(base, "gap_acc_at_best"))
     sec.paragraphs.append(
         f"Overfitting: at its best epoch the tuned model without dropout has a train–validation "
-        f"accuracy gap of {100 * base['gap_acc_at_best']:.2f} points (loss gap "
-        f"{base['gap_loss_at_best']:.4f})."
+        f"accuracy gap of {pm(gap)} points (over {count(len(base), 'seed')})."
     )
-    sec.tables.append(
-        Table(
-            [
-                "dropout",
-                "train−val acc gap",
-                "val−train loss gap",
-                "val acc at best epoch",
-                "test precision",
-                "best epoch",
-            ],
-            [
-                [
-                    r,
-                    pct(v["gap_acc_at_best"]),
-                    f"{v['gap_loss_at_best']:.4f}",
-                    pct(v["val_acc_at_best"]),
-                    pct(v["test_precision"]),
-                    str(v["best_epoch"]),
-                ]
-                for r, v in rates.items()
-            ],
-            "the rate is chosen on validation accuracy; test precision is reported, not used",
-        )
-    )
-    sec.figures += fig(folder / "dropout", "curves", "Learning curves per dropout rate")
+    sec.tables.append(_dropout_table(by))
+    sec.figures += fig(folder / "dropout", "curves", "Learning curves per dropout rate, first seed")
     if chosen == "0.0":
         sec.paragraphs.append(
-            "Does dropout help? Not on validation: no rate reached a higher validation accuracy "
-            "than the model without dropout (a choice on validation data, no significance "
-            f"test), so the chosen model is the one without (test precision "
-            f"{pct(base['test_precision'])})."
+            "**Does dropout help?** Not on validation: no rate reached a higher mean validation "
+            "accuracy than the model without dropout (a choice on validation data, no "
+            f"significance test), so the chosen model is the one without (test precision "
+            f"{pm(mean_ci(_per_seed(base, 'test_precision')))})."
         )
         return
-    c = _mcnemar(best, base)
+    c = paired(_per_seed(by[chosen], "test_acc"), _per_seed(base, "test_acc"))
     sec.paragraphs.append(
-        f"Does dropout help? {answer(c)}: validation chose dropout {chosen}; its test precision "
-        f"is {pct(best['test_precision'])} vs {pct(base['test_precision'])} without; on test "
-        f"accuracy {compare(c, f'dropout {chosen}', 'no dropout')}. Its "
-        f"train–validation gap is {100 * best['gap_acc_at_best']:.2f} points, and it takes "
-        f"{best['best_epoch']} epochs to its best instead of {base['best_epoch']}."
+        f"**Does dropout help?** {answer(c)}: validation chose dropout {chosen}; its test "
+        f"precision is {pm(mean_ci(_per_seed(by[chosen], 'test_precision')))} vs "
+        f"{pm(mean_ci(_per_seed(base, 'test_precision')))} without; on test accuracy "
+        f"{compare(c, f'dropout {chosen}', 'no dropout')}."
+    )
+
+
+def _dropout_table(by: dict[str, list[dict]]) -> Table:
+    rows = []
+    for rate, rs in by.items():
+        rows.append(
+            [
+                rate,
+                pm(mean_ci(_per_seed(rs, "gap_acc_at_best"))),
+                pm(mean_ci(_per_seed(rs, "val_acc_at_best"))),
+                pm(mean_ci(_per_seed(rs, "test_precision"))),
+                pm(mean_ci(_per_seed(rs, "best_epoch")), 1, 1, ""),
+            ]
+        )
+    return Table(
+        ["dropout", "train−val acc gap", "val acc at best epoch", "test precision", "best epoch"],
+        rows,
+        "mean ± 95 % CI over seeds; the rate is chosen on mean validation accuracy, test "
+        "precision is reported, not used",
     )
 
 
@@ -169,11 +185,8 @@ def _geron_source(pre, tune, bn, do) -> list[Table]:
     ours = {
         "baseline": pre and pre["test_acc"],
         "tuned": tune and tune["test_acc"],
-        "batch norm": bn and bn["batchnorm"]["test_acc"],
-        "dropout": do
-        and max(do["rates"].items(), key=lambda kv: (kv[1]["val_acc_at_best"], -float(kv[0])))[1][
-            "test_acc"
-        ],
+        "batch norm": bn and mean_ci(_per_seed(bn["by_seed"]["batchnorm"], "test_acc"))[0],
+        "dropout": do and mean_ci(_per_seed(do["by_seed"][chosen_rate(do)], "test_acc"))[0],
     }
     for name, (lo, hi) in pub.items():
         if ours.get(name) is not None:
@@ -198,9 +211,10 @@ def _transfer(sec: Section, folder: Path, cfg: dict) -> None:
         f"Transfer to digits {cfg['target_digits']} with {any_v['n_train']} training images "
         f"({cfg['per_digit']} per digit), {any_v['n_val']} validation and {any_v['n_test']} test "
         f"images; {count(len(any_v['seeds']), 'seed')}, each a different draw, the same for every "
-        f"variant. Source model: {any_v['source_model']} (the tuned model without batch norm). "
-        "One stopping rule for every variant: early stopping on validation loss, best weights "
-        "restored."
+        "variant. Every seed has its own source model: the tuned recipe (without batch norm) "
+        "retrained with that seed, so the intervals include what retraining the source changes"
+        f"{_sources_text(folder)}. One stopping rule for every variant: early stopping on "
+        "validation loss, best weights restored."
     )
     sec.tables.append(_transfer_table(variants))
     acc = {v: [s["test_acc"] for s in r["seeds"]] for v, r in variants.items()}
@@ -212,6 +226,14 @@ def _transfer(sec: Section, folder: Path, cfg: dict) -> None:
         sec.paragraphs.append(_unfreeze_sentence(variants["unfreeze2"], acc, cfg))
     sec.tables += _geron_transfer(variants, cfg)
     sec.figures += fig(t, "bars", "Transfer variants: test accuracy, mean ± 95 % CI")
+
+
+def _sources_text(folder: Path) -> str:
+    path = folder / "sources" / "result.json"
+    if not path.is_file():
+        return ""
+    s = runs.read_json(path)["summary"]
+    return f" (their test accuracy on the source digits: {pm(s['test_acc'])})"
 
 
 def _transfer_table(variants: dict[str, dict]) -> Table:
@@ -272,15 +294,27 @@ def _helped_sentence(variants: dict[str, dict], acc: dict[str, list[float]], cfg
         return (
             f"Transfer did NOT help here: training the same MLP from scratch on the {n_train} "
             f"images gives {scratch} test accuracy, significantly better than the best transfer "
-            f"variant on validation ({label}, {best}; {qualifier(c)}). Plausibly the top layers "
-            f"of a {cfg['source_digits']} classifier are too specific to it to serve "
-            f"{cfg['target_digits']}."
+            f"variant on validation ({label}, {best}; {qualifier(c)}).{_depth_line(acc)}"
         )
     return (
         f"Whether transfer helps is not shown: the best variant on validation ({label}, "
         f"{best}) against {scratch} from scratch — "
         f"{compare(c, label, 'training from scratch')}."
     )
+
+
+def _depth_line(acc: dict[str, list[float]]) -> str:
+    """Whether reusing fewer source layers does better — the measurement behind "the top
+    layers are too specific to the source digits", said only when its test is significant."""
+    if "reuse4" not in acc or "frozen5" not in acc:
+        return ""
+    c = paired(acc["reuse4"], acc["frozen5"])
+    if c.significant and c.diff > 0:
+        return (
+            " Reusing four source layers instead of five is better by "
+            f"{amount(c.diff)} ({qualifier(c)}): the top source layer is the least reusable."
+        )
+    return ""
 
 
 def _unfreeze_sentence(u: dict, acc: dict[str, list[float]], cfg: dict) -> str:

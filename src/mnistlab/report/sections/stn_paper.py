@@ -38,7 +38,7 @@ class PaperModelResult(TypedDict):
 
 
 class STNPaperMetrics(TypedDict):
-    """What ``studies/stn_paper.py`` writes and this section reads (its registry schema)."""
+    """What ``studies/stn/paper.py`` writes and this section reads (its registry schema)."""
 
     distortions: list[str]
     models: list[str]

@@ -73,6 +73,9 @@ class DigitsConfig:
     dropout_rates: tuple[float, ...] = option(
         (0.1, 0.2, 0.3, 0.5), "dropout rates", cli="", lo=0, hi=1, open_lo=True, open_hi=True
     )
+    part1_seeds: int = option(
+        3, "seeds of the batch-norm and dropout comparisons (paired)", cli="", lo=1, hi=100
+    )
     # Part 2: transfer
     per_digit: int = option(100, "training images per target digit", unit="images", lo=1, hi=10**6)
     val_per_digit: int = option(200, "validation images per target digit", cli="", lo=1, hi=10**6)

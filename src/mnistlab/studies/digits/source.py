@@ -27,25 +27,29 @@ def fit_variants(
     hp: dict[str, Any],
     *,
     description: str,
+    seeds: tuple[int, ...] | None = None,
     checkpoints: Path | None = None,
     on_epoch: Callable[[EpochInfo], bool | None] | None = None,
 ) -> StackResult:
     """Train same-shaped MLPs (they may differ in dropout rate) together on the fixed 90/10
     split: early stopping on validation loss, best weights restored, eval-mode metrics on
-    the training part every epoch (for learning curves and overfitting gaps)."""
+    the training part every epoch (for learning curves and overfitting gaps). Every config is
+    trained once per seed (init, batch order, dropout stream): member ``i·S + j`` is config
+    ``i`` with seed ``j``."""
     tr, va = source_split(ctx)
     members = [
         Member(
-            seed=ctx.cfg.seed,
-            state=build_mlp(c, seed=ctx.cfg.seed).state_dict(),
+            seed=seed,
+            state=build_mlp(c, seed=seed).state_dict(),
             train=tr,
             lr=hp["lr"],
             weight_decay=hp["l2"],
             dropout=c.dropout,
             evals={"val": va, "train_eval": tr},
-            meta={"variant": name},
+            meta={"variant": name, "seed": seed},
         )
         for name, c in configs.items()
+        for seed in (seeds or (ctx.cfg.seed,))
     ]
     shape = next(iter(configs.values()))
     return train_stack(
@@ -140,29 +144,70 @@ def variant_summary(ctx: CellContext, res: StackResult, k: int, config: MLPConfi
     }
 
 
+def part1_seeds(ctx: CellContext) -> tuple[int, ...]:
+    """The seeds of the batch-norm and dropout comparisons (paired: seed s gives every
+    variant the same batch order)."""
+    return tuple(ctx.cfg.seed + s for s in range(ctx.cfg.part1_seeds))
+
+
+def _by_seed(ctx: CellContext, res: StackResult, first: int, config: MLPConfig) -> list[dict]:
+    """One config's summaries, seed by seed (its members ``first …``); the first keeps its
+    learning curves (the figures), the others only their numbers."""
+    out = []
+    for j in range(ctx.cfg.part1_seeds):
+        summary = variant_summary(ctx, res, first + j, config)
+        if j:
+            del summary["history"]
+        out.append({"seed": ctx.cfg.seed + j, **summary})
+    return out
+
+
 def part_batchnorm(ctx: CellContext) -> dict:
+    """The tuned model with and without batch norm, each over the same seeds."""
     hp = ctx.result("tune")["best"]
     folder = ctx.out / "batchnorm"
-    result: dict[str, Any] = {"hyperparameters": hp, "target_val_acc": ctx.cfg.target_val_acc}
+    seeds = part1_seeds(ctx)
+    result: dict[str, Any] = {
+        "hyperparameters": hp,
+        "target_val_acc": ctx.cfg.target_val_acc,
+        "seeds": list(seeds),
+        "by_seed": {},
+    }
     for name, bn in (("plain", False), ("batchnorm", True)):
         mcfg = mlp_config(ctx.cfg, batch_norm=bn)
-        res = fit_variants(ctx, {name: mcfg}, hp, description=f"digits: {name}")
+        desc = f"digits: {name} × {len(seeds)} seeds"
+        res = fit_variants(ctx, {name: mcfg}, hp, description=desc, seeds=seeds)
         runs.atomic_write_csv(folder / f"history_{name}.csv", res.history)
-        result[name] = variant_summary(ctx, res, 0, mcfg)
+        result["by_seed"][name] = _by_seed(ctx, res, 0, mcfg)
+        result[name] = result["by_seed"][name][0]  # the first seed: curves and single numbers
     return result
 
 
 def part_dropout(ctx: CellContext) -> dict:
-    """Every dropout rate as one stack (same shape; each member its own rate and stream); the
-    tuned model without dropout (from the batch-norm part) is rate 0."""
+    """Every dropout rate × seed as one stack (same shape; each member its own rate and
+    stream); the tuned model without dropout (the batch-norm part's, same seeds) is rate 0."""
     hp = ctx.result("tune")["best"]
-    plain = ctx.result("batchnorm")["plain"]
+    bn = ctx.result("batchnorm")
     configs = {f"dropout_{r}": mlp_config(ctx.cfg, dropout=r) for r in ctx.cfg.dropout_rates}
+    seeds = part1_seeds(ctx)
     res = fit_variants(
-        ctx, configs, hp, description=f"digits: dropout × {len(configs)} rates together"
+        ctx,
+        configs,
+        hp,
+        description=f"digits: dropout × {len(configs)} rates × {len(seeds)} seeds together",
+        seeds=seeds,
     )
     runs.atomic_write_csv(ctx.out / "dropout" / "history.csv", res.history)
-    rates = {"0.0": plain}
-    for k, (name, mcfg) in enumerate(configs.items()):
-        rates[name.removeprefix("dropout_")] = variant_summary(ctx, res, k, mcfg)
-    return {"hyperparameters": hp, "rates": rates, "stack_seconds": res.seconds}
+    rates = {"0.0": bn["plain"]}
+    by_seed = {"0.0": bn["by_seed"]["plain"]}
+    for i, (name, mcfg) in enumerate(configs.items()):
+        rate = name.removeprefix("dropout_")
+        by_seed[rate] = _by_seed(ctx, res, i * len(seeds), mcfg)
+        rates[rate] = by_seed[rate][0]
+    return {
+        "hyperparameters": hp,
+        "rates": rates,
+        "by_seed": by_seed,
+        "seeds": list(seeds),
+        "stack_seconds": res.seconds,
+    }

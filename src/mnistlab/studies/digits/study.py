@@ -35,7 +35,9 @@ class CellSpec:
 
 
 def _variant(name: str) -> CellSpec:
-    needs = ("tune", "frozen5", "reuse4") if name == "unfreeze2" else ("tune",)
+    needs = ("sources", "frozen5", "reuse4") if name == "unfreeze2" else ("sources",)
+    if name == "scratch":  # no source model involved
+        needs = ("tune",)
     return CellSpec(needs, lambda ctx: transfer.part_variant(name, ctx), f"transfer/{name}.json")
 
 
@@ -44,6 +46,7 @@ CELLS: dict[str, CellSpec] = {
     "tune": CellSpec((), tune.part_tune, "tune/result.json"),
     "batchnorm": CellSpec(("tune",), source.part_batchnorm, "batchnorm/result.json"),
     "dropout": CellSpec(("tune", "batchnorm"), source.part_dropout, "dropout/result.json"),
+    "sources": CellSpec(("tune",), transfer.part_sources, "sources/result.json"),
     **{v: _variant(v) for v in VARIANTS},
 }
 # What ``--part`` names (the command line's words) → the cells it runs.

@@ -4,8 +4,13 @@ images per digit.
 Variants (same data per seed, same stopping rule, every seed of a variant trained together as
 one stack): the MLP from scratch, the five pretrained hidden layers frozen with a new output
 layer, the same with the frozen stack's outputs cached, four reused layers, and the better
-frozen variant (on validation accuracy) with its top two layers unfrozen. Frozen layers are
-shared by all seeds, so they run once per batch outside the stack (or, cached, once per image).
+frozen variant (on validation accuracy) with its top two layers unfrozen.
+
+Every transfer seed has its own source model — the tuned recipe retrained with that seed
+(``part_sources``) — so the spread over seeds covers what a rerun of the source's training
+changes, not only the new head and the draw of the few target images. Frozen layers therefore
+differ per seed: they run inside the stack as fixed tensors (``frozen5``), or, cached, once
+per image and seed (``cached5``).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -118,7 +123,36 @@ class Plan:
     lr: float
 
 
-def _plan(variant: str, ctx: CellContext, source: MLP) -> tuple[Plan, dict[str, Any]]:
+def source_path(out: Path, seed: int) -> Path:
+    """The source model of transfer seed ``seed``: the tuned recipe retrained with it."""
+    return out / "sources" / f"source_seed{seed}.pt"
+
+
+def transfer_seeds(cfg: DigitsConfig) -> list[int]:
+    return [cfg.seed + s for s in range(cfg.transfer_seeds)]
+
+
+def part_sources(ctx: CellContext) -> dict:
+    """The tuned recipe retrained on every source training image once per transfer seed, as
+    one stack (same epochs as the tuned model); each seed's test scores on the source digits."""
+    from mnistlab.studies.digits.tune import retrain_together
+
+    cfg, tuned = ctx.cfg, ctx.result("tune")
+    seeds = transfer_seeds(cfg)
+    hp = tuned["best"]
+    models, seconds = retrain_together(ctx, [hp] * len(seeds), tuned["retrain_epochs"], seeds=seeds)
+    scores = []
+    for seed, model in zip(seeds, models, strict=True):
+        save_checkpoint(
+            source_path(ctx.out, seed),
+            {"config": model.config.to_dict(), "model": model.state_dict(), "kind": "source"},
+        )
+        scores.append({"seed": seed, **test_metrics(model, ctx.source.x_test, ctx.source.y_test)})
+    summary = {k: mean_ci([s[k] for s in scores]) for k in ("test_acc", "test_precision")}
+    return {"hyperparameters": hp, "seeds": scores, "summary": summary, "seconds": seconds}
+
+
+def _plan(variant: str, ctx: CellContext, sources: dict[int, MLP]) -> tuple[Plan, dict]:
     cfg = ctx.cfg
     k = len(parse_digits(cfg.target_digits))
     if variant == "scratch":
@@ -126,14 +160,14 @@ def _plan(variant: str, ctx: CellContext, source: MLP) -> tuple[Plan, dict[str, 
         return Plan(0, 5, lambda seed: build_mlp(mcfg, seed=seed), cfg.transfer_lr), {}
     if variant in ("frozen5", "cached5", "reuse4"):
         n = 4 if variant == "reuse4" else 5
-        return Plan(n, n, lambda seed: Reused(source, n, k, seed), cfg.transfer_lr), {}
+        return Plan(n, n, lambda seed: Reused(sources[seed], n, k, seed), cfg.transfer_lr), {}
     # unfreeze2: continue from the better frozen variant, chosen on validation accuracy
     val = {v: ctx.result(v)["summary"]["val_acc"][0] for v in ("frozen5", "reuse4")}
     base = max(val, key=val.get)
     n = 5 if base == "frozen5" else 4
 
     def init(seed: int) -> nn.Module:
-        model = Reused(source, n, k, seed)
+        model = Reused(sources[seed], n, k, seed)
         saved = load_checkpoint(ctx.out / "transfer" / "models" / f"{base}_seed{seed}.pt")
         load_state_strict(model, saved["model"], base)
         model.unfreeze(2)
@@ -158,20 +192,23 @@ def frozen_trunk(
 
 
 def part_variant(variant: str, ctx: CellContext) -> dict:
-    """All seeds of one variant as one stack."""
+    """All seeds of one variant as one stack, seed s on the source model of seed s."""
     cfg = ctx.cfg
     hp = ctx.result("tune")["best"]
-    source_path = ctx.out / "tune" / "model.pt"
-    source = load_model(source_path, mlp_config(cfg))
+    seeds = transfer_seeds(cfg)
+    sources = (
+        {}
+        if variant == "scratch"
+        else {s: load_model(source_path(ctx.out, s), mlp_config(cfg)) for s in seeds}
+    )
     target = load_digits(cfg.target_digits, cfg.limit, ctx.data_dir)
-    plan, extra = _plan(variant, ctx, source)
-    seeds = [cfg.seed + s for s in range(cfg.transfer_seeds)]
+    plan, extra = _plan(variant, ctx, sources)
     splits = {seed: transfer_split(cfg, target, seed) for seed in seeds}
     models = {seed: plan.init(seed) for seed in seeds}
     t0 = time.perf_counter()
-    pool, prepare = _inputs(variant, plan, source, target, ctx.device)
+    pool, splits, first = _inputs(variant, plan, sources, target, splits, ctx.device)
     feature_seconds = time.perf_counter() - t0
-    res = _train(variant, plan, models, splits, pool, prepare, hp, ctx)
+    res = _train(variant, plan, models, splits, pool, first, hp, ctx)
     total_seconds = feature_seconds + res.seconds
     scores = _score(variant, ctx, res, models, target, total_seconds)
     summary = {
@@ -183,7 +220,7 @@ def part_variant(variant: str, ctx: CellContext) -> dict:
     return {
         "variant": variant,
         "label": VARIANT_LABELS[variant],
-        "source_model": str(source_path.relative_to(ctx.out)),
+        "source_models": [str(source_path(ctx.out, s).relative_to(ctx.out)) for s in seeds],
         "hyperparameters": {**hp, "lr": plan.lr},
         "seeds": scores,
         "summary": summary,
@@ -199,19 +236,24 @@ def part_variant(variant: str, ctx: CellContext) -> dict:
     }
 
 
-def _inputs(variant: str, plan: Plan, source: MLP, target: Data, device: torch.device):
-    """The pool the stack indexes into and how a batch becomes the stack's input: raw images
-    through the frozen blocks every batch, or (``cached5``) the frozen blocks' output computed
-    once per image, timed with the training."""
-    pool, prepare = Pool(target.x_train, target.y_train), to_flat
-    if plan.frozen:
-        prepare = frozen_trunk(source, plan.frozen, device)
-    if variant == "cached5":
-        pool, prepare = prepared_pool(pool.to(device), prepare), identity
-    return pool, prepare
+def _inputs(variant: str, plan: Plan, sources, target: Data, splits, device: torch.device):
+    """(pool, splits, first block the stack runs): raw images, every member running its own
+    seed's frozen blocks inside the stack as fixed tensors; or, ``cached5``, each seed's
+    frozen-block outputs computed once per image (timed with the training), one copy of the
+    target images per seed in the pool and each seed's indices shifted to its copy."""
+    pool = Pool(target.x_train, target.y_train)
+    if variant != "cached5":
+        return pool, splits, 0
+    parts, shifted = [], {}
+    for i, (seed, (tr, va)) in enumerate(splits.items()):
+        trunk = frozen_trunk(sources[seed], plan.frozen, device)
+        parts.append(prepared_pool(pool.to(device), trunk))
+        shifted[seed] = (tr + i * len(pool.y), va + i * len(pool.y))
+    cached = Pool(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
+    return cached, shifted, plan.frozen
 
 
-def _train(variant, plan: Plan, models, splits, pool, prepare, hp, ctx: CellContext) -> StackResult:
+def _train(variant, plan: Plan, models, splits, pool, first, hp, ctx: CellContext) -> StackResult:
     cfg = ctx.cfg
     any_model = next(iter(models.values()))
     prefix = "hidden" if variant == "scratch" else "stack"
@@ -229,13 +271,13 @@ def _train(variant, plan: Plan, models, splits, pool, prepare, hp, ctx: CellCont
         for seed, model in models.items()
     ]
     return train_stack(
-        StackedMLP(shape, prefix, plan.frozen),
+        StackedMLP(shape, prefix, first),
         members,
         pool,
         transfer_schedule(cfg),
         trainable={n for n, p in any_model.named_parameters() if p.requires_grad},
         device=ctx.device,
-        prepare=prepare,
+        prepare=to_flat if first == 0 else identity,
         checkpoint=ctx.out / "transfer" / "checkpoints" / f"{variant}.pt",
         progress=ctx.progress,
         description=f"digits: transfer {variant} × {len(members)} seeds together",

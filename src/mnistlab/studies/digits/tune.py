@@ -414,10 +414,15 @@ def retrain(
 
 
 def retrain_together(
-    ctx: CellContext, hps: list[dict[str, Any]], epochs: int, horizon: int | None = None
+    ctx: CellContext,
+    hps: list[dict[str, Any]],
+    epochs: int,
+    horizon: int | None = None,
+    seeds: list[int] | None = None,
 ) -> tuple[list[MLP], float]:
     """Several configurations of one shape and schedule (they may differ in lr, L2, dropout
-    rate and augmentation) retrained as one stack, all seeded alike."""
+    rate and augmentation) retrained as one stack, all seeded alike — or configuration ``i``
+    with ``seeds[i]`` (init, batch order, dropout and augmentation streams)."""
     cfg, data = ctx.cfg, ctx.source
     recipes = [recipe(cfg, hp) for hp in hps]
     shapes = {
@@ -427,15 +432,16 @@ def retrain_together(
     if len(shapes) != 1:
         raise ValueError("retrain_together needs one shape, schedule and batch size")
     ((mcfg, schedule, batch),) = shapes
+    seeds = seeds or [cfg.seed] * len(hps)
     members = [
         replace(
             t,
-            seed=cfg.seed,
-            state=build_mlp(m, seed=cfg.seed).state_dict(),
+            seed=seed,
+            state=build_mlp(m, seed=seed).state_dict(),
             train=torch.arange(len(data.y_train)),
-            meta={"variant": i},
+            meta={"variant": i, "seed": seed},
         )
-        for i, (m, t, _) in enumerate(recipes)
+        for i, ((m, t, _), seed) in enumerate(zip(recipes, seeds, strict=True))
     ]
     res = train_stack(
         StackedMLP(mcfg),

@@ -1,9 +1,12 @@
-"""Study: the STN on MNIST grown 3× with elastic and zoom-out copies — does it undo them?
+"""Study ``stn-deform``: the STN on MNIST grown 3× with elastic and zoom-out copies — does it
+learn to undo them, and does it help?
 
-Train 60k → 180k and test 10k → 30k (``data.expand``), the kind of every image kept, so accuracy
-is reported per kind, with and without the transformer. Whether the STN "undoes" a deformation
-is measured, not assumed: the θ scale it applies to zoomed-out inputs against originals (undoing
-a Z× zoom-out needs a scale of about 1/Z), and the accuracy gain per kind.
+Train 60k → 180k and test 10k → 30k (``data.expand``), the kind of every image kept, so
+accuracy is reported per kind, with and without the transformer. Whether the STN "undoes" a
+deformation is measured, not assumed: the θ scale every seed applies to zoomed-out test images
+against originals over the scored epochs (undoing a Z× zoom-out needs a relative
+magnification of Z), and the θ ablations (:mod:`.theta`) say whether a gain needs each image's
+own warp or survives one global warp per kind.
 """
 
 from __future__ import annotations
@@ -21,28 +24,35 @@ from mnistlab.config import SEED_MAX, option
 from mnistlab.data import COUNTS, KINDS, DeformParams, expand, load_mnist
 from mnistlab.executors import Cell
 from mnistlab.progress import Progress
-from mnistlab.stats import mean_ci
 from mnistlab.studies.opening import Env, StudyRun, open_run
-from mnistlab.studies.stn import (
+from mnistlab.studies.stn.common import (
     STNConfig,
+    StudyData,
+    ablations,
     correct_on,
-    decompose_theta,
-    deformation_stats,
     load_cells,
     model_cells,
-    summarise_runs,
-    thetas_and_outputs,
+    summarise_model,
+    theta_series,
     trained_model,
+)
+from mnistlab.studies.stn.theta import (
+    decompose_theta,
+    deformation_stats,
+    iso_scale,
+    magnification,
+    thetas_and_outputs,
 )
 from mnistlab.train.engine import Pool
 
 STUDY = "stn-deform"
+SHOWN = 6  # test images per kind and seed in the per-seed grid
 
 
 @dataclass(frozen=True)
 class STNDeformConfig(STNConfig):
-    """The STN study's settings (three seeds, every model's seeds in one stack) plus the
-    deformations, and a larger train subset scored per epoch (15k of 180k)."""
+    """The STN study's settings (every model's seeds in one stack) plus the deformations,
+    and a larger train subset scored per epoch (15k of 180k)."""
 
     train_eval_size: int = option(
         15_000,
@@ -64,7 +74,8 @@ class STNDeformConfig(STNConfig):
         DeformParams(sigma=self.sigma, zoom_factor=self.zoom_factor)  # validates both
 
 
-def _expanded(split: str, limit: int | None, cfg: STNDeformConfig, seed: int, data_dir):
+def expanded(split: str, limit: int | None, cfg: STNDeformConfig, seed: int, data_dir):
+    """The ``split`` images (the first ``limit``) with their elastic and zoom-out copies."""
     images, labels = load_mnist(split, data_dir)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
@@ -72,17 +83,17 @@ def _expanded(split: str, limit: int | None, cfg: STNDeformConfig, seed: int, da
     return expand(images, labels, seed=seed, params=params)
 
 
-def _data(config: STNDeformConfig, data_dir: Path | str | None) -> tuple[Pool, int]:
+def _data(config: STNDeformConfig, data_dir: Path | str | None) -> StudyData:
     """Training then test images (the expansions are cached) and the number of training ones."""
-    train = _expanded("train", config.limit_train, config, config.deform_seed, data_dir)
-    test = _expanded("test", config.limit_test, config, config.deform_seed + 1, data_dir)
+    train = expanded("train", config.limit_train, config, config.deform_seed, data_dir)
+    test = expanded("test", config.limit_test, config, config.deform_seed + 1, data_dir)
     pool = Pool(
         torch.cat([train.images, test.images]),
         torch.cat([train.labels, test.labels]),
         torch.cat([train.kind, test.kind]),
         KINDS,
     )
-    return pool, len(train)
+    return StudyData(pool, len(train), test.kind, KINDS)
 
 
 def cells(
@@ -97,104 +108,91 @@ def cells(
 
 
 def run(
-    config: STNDeformConfig,
-    out_dir: Path | str,
-    env: Env | None = None,
+    config: STNDeformConfig, out_dir: Path | str, env: Env | None = None
 ) -> schemas.STNDeformMetrics:
     """Expand, train STN and baseline, analyse per kind; write everything to ``out_dir``."""
     with open_run(config, out_dir, env) as run_:
         return run_.finished or run_.finish(_compute(config, run_))
 
 
-def _compute(config, run_: StudyRun) -> dict:
+def _compute(config: STNDeformConfig, run_: StudyRun) -> dict:
     """The study's work inside its opened run folder; returns its metrics."""
-    out, device, progress, executor = run_.out, run_.device, run_.progress, run_.executor
-    t_start = time.perf_counter()
-    progress.message("stn-deform: building the expanded train and test sets (cached)")
-    t0 = time.perf_counter()
-    test = _expanded("test", config.limit_test, config, config.deform_seed + 1, run_.data_dir)
-    # Built (and cached) before the cells, which read it: they may run in other processes.
-    _expanded("train", config.limit_train, config, config.deform_seed, run_.data_dir)
-    expand_seconds = time.perf_counter() - t0
-
-    executor.run(cells(config, out, run_.data_dir, device, run_.cell_progress), root=out)
-    results = load_cells(config, out)
-    n_train = 3 * min(config.limit_train or sum(COUNTS["train"]), sum(COUNTS["train"]))
-    metrics = _metrics(out, results, n_train, test, config, device)
-    metrics["expand_seconds"] = expand_seconds
-    metrics["wall_seconds"] = time.perf_counter() - t_start
-    return metrics
-
-
-def _metrics(out: Path, results, n_train: int, test, config: STNDeformConfig, device) -> dict:
-    """Accuracy per model and kind (curves, finals, per seed, per image and seed for McNemar)
-    and what the first seed's STN does to each kind."""
     from mnistlab.figures import stn as figures
 
-    summaries = {m: summarise_runs(r, KINDS) for m, r in results.items()}
-    figures.accuracy_curves(
-        out, {m: s["curves"] for m, s in summaries.items()}, "stn-deform", ("all", *KINDS)
+    out, device = run_.out, run_.device
+    t_start = time.perf_counter()
+    run_.progress.message(f"{STUDY}: building the expanded train and test sets (cached)")
+    t0 = time.perf_counter()
+    data = _data(config, run_.data_dir)  # built (and cached) before the cells, which read it
+    expand_seconds = time.perf_counter() - t0
+    run_.executor.run(cells(config, out, run_.data_dir, device, run_.cell_progress), root=out)
+    results = load_cells(config, out)
+    models = {m: summarise_model(r, KINDS, config.scored) for m, r in results.items()}
+    figures.seed_curves(
+        out, {m: s["curves_by_seed"] for m, s in models.items()}, STUDY, ("all", *KINDS)
     )
-    models = {m: trained_model(r, 0, m == "stn", device) for m, r in results.items()}
+    x_te, y_te = data.pool.x[data.n_train :], data.pool.y[data.n_train :]
+    for m, r in results.items():  # every seed's final model, image by image (McNemar)
+        models[m]["test_correct_by_seed"] = [
+            correct_on(trained_model(r, k, m == "stn", device), x_te, y_te, device)
+            for k in range(config.seeds)
+        ]
+    theta = theta_series(results["stn"])
     return {
-        "n_train": n_train,
-        "n_test": len(test),
-        "models": summaries,
-        "final_test_acc": {m: _final(r, "test") for m, r in results.items()},
-        "final_train_acc": {m: _final(r, "train_eval") for m, r in results.items()},
-        "per_seed_final_test_acc": {
-            m: {
-                k: [r.rows(i)[-1][_key("test", k)] for i in range(len(r.states))]
-                for k in ("all", *KINDS)
-            }
-            for m, r in results.items()
-        },
-        "test_correct_by_seed": {
-            m: [
-                correct_on(
-                    trained_model(r, i, m == "stn", device), test.images, test.labels, device
-                )
-                for i in range(len(r.states))
-            ]
-            for m, r in results.items()
-        },
-        "kinds": list(KINDS),
-        "test_kind_counts": [int((test.kind == k).sum()) for k in range(len(KINDS))],
-        **_theta_by_kind(out, models["stn"], test, config, device),
+        "kinds": ["all", *KINDS],
+        "score_epochs": config.scored,
+        "n_train": 3 * min(config.limit_train or sum(COUNTS["train"]), sum(COUNTS["train"])),
+        "n_test": len(y_te),
+        "test_kind_counts": [int((data.test_kinds == k).sum()) for k in range(len(KINDS))],
+        "models": models,
+        "theta_by_seed": theta,
+        "magnification": _magnification(results["stn"], config),
+        **_final_theta(out, results["stn"], data, config, device),
+        "ablation": ablations(config, out, data, device),
         "zoom_factor": config.zoom_factor,
         "sigma": config.sigma,
         "device": str(device),
+        "expand_seconds": expand_seconds,
+        "wall_seconds": time.perf_counter() - t_start,
     }
 
 
-def _theta_by_kind(out: Path, model, test, config: STNDeformConfig, device) -> dict[str, Any]:
-    """What the first seed's STN does to each kind of test image: mean θ scale, deformation
-    statistics, example warps and the scale histogram (the evidence of undoing)."""
+def _magnification(result, config: STNDeformConfig) -> dict[str, Any]:
+    """Per seed: how much more the STN magnifies zoomed-out test images than originals,
+    averaged over the scored epochs (a full undo of the zoom-out is ``zoom_factor``)."""
+    per_seed = [magnification(result.rows(k)[-config.scored :]) for k in range(config.seeds)]
+    return {"per_seed": per_seed, "full_undo": config.zoom_factor}
+
+
+def _final_theta(out: Path, result, data: StudyData, config, device) -> dict[str, Any]:
+    """Every seed's final STN on every test image: its θ statistics per kind and example
+    warps (one row per seed and kind), and the first seed's θ-scale histogram."""
     from mnistlab.figures import stn as figures
 
-    thetas, warped = thetas_and_outputs(model, test.images, device)
-    parts = decompose_theta(thetas)
-    iso = torch.sqrt(parts["scale_x"].abs() * parts["scale_y"].abs())
-    scale, by_kind, scale_lists = {}, {}, {}
-    for k, name in enumerate(KINDS):
-        mask = test.kind == k
-        scale[name] = float(iso[mask].mean())
-        scale_lists[name] = iso[mask].tolist()
-        by_kind[name] = deformation_stats({p: v[mask] for p, v in parts.items()})
+    x_te = data.pool.x[data.n_train :]
     shown = {
-        name: torch.nonzero(test.kind == KINDS.index(name)).flatten()[:8].tolist()
-        for name in ("zoom", "elastic", "original")
+        name: torch.nonzero(data.test_kinds == k).flatten()[:SHOWN] for k, name in enumerate(KINDS)
     }
-    figures.kind_examples(out, test.images.numpy(), warped.numpy(), shown)
-    figures.scale_by_kind(out, scale_lists, config.zoom_factor)
-    return {"mean_scale_by_kind": scale, "deformations_by_kind": by_kind}
-
-
-def _key(split: str, kind: str) -> str:
-    return f"{split}_acc" if kind == "all" else f"{split}_acc_{kind}"
-
-
-def _final(result, split: str) -> dict[str, tuple[float, float]]:
-    """Per kind: mean ± 95 % CI over seeds of the last epoch's accuracy."""
-    last = [result.rows(i)[-1] for i in range(len(result.states))]
-    return {k: mean_ci([r[_key(split, k)] for r in last]) for k in ("all", *KINDS)}
+    by_seed, rows = [], {}
+    for k in range(config.seeds):
+        thetas, warped = thetas_and_outputs(trained_model(result, k, True, device), x_te, device)
+        parts = decompose_theta(thetas)
+        iso = iso_scale(parts)
+        stats = {}
+        for j, name in enumerate(KINDS):
+            mask = data.test_kinds == j
+            stats[name] = deformation_stats({p: v[mask] for p, v in parts.items()})
+            rows[f"seed {result.rows(k)[0]['seed']}: {name}"] = (
+                x_te[shown[name]],
+                warped[shown[name]],
+            )
+        by_seed.append(stats)
+        if k == 0:
+            scales = {n: iso[data.test_kinds == j].tolist() for j, n in enumerate(KINDS)}
+            figures.scale_by_kind(out, scales, config.zoom_factor)
+    figures.kind_examples(
+        out,
+        {label: (a.numpy(), b.numpy()) for label, (a, b) in rows.items()},
+        stem="deform_examples",
+    )
+    return {"deformations_by_seed": by_seed}

@@ -36,7 +36,8 @@ from mnistlab.progress import Progress
 from mnistlab.progress import default as default_progress
 from mnistlab.stats import mean_ci
 from mnistlab.studies.opening import Env, StudyRun, open_run
-from mnistlab.studies.stn import correct_on, decompose_theta, thetas_and_outputs
+from mnistlab.studies.stn.common import correct_on
+from mnistlab.studies.stn.theta import decompose_theta, thetas_and_outputs
 from mnistlab.train.checkpoint import load_checkpoint, save_checkpoint
 from mnistlab.train.engine import Member, Pool, Schedule, StackResult, train_stack
 from mnistlab.train.evaluate import solo

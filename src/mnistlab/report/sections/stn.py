@@ -289,17 +289,15 @@ def stn_deform(folder: Path | None, baseline: Path | None = None) -> Section:
         return sec
     a = m["models"]
     tests = {k: verdict(m, k) for k in m["kinds"]}
-    q = []
-    q.append(
+    sec.paragraphs.append(  # one paragraph per question: no verdict shares another's sentence
         f"**Has the STN learned to undo the {m['zoom_factor']:g}× zoom-out?** {zoom_answer(m)}"
     )
     for kind, what in (("zoom", "zoomed-out"), ("elastic", "elastic"), ("original", "original")):
         c = tests[kind]
-        q.append(
+        sec.paragraphs.append(
             f"**Does it help on {what} digits?** {answer(c)} — {compare(c, 'the STN', 'the CNN')}: "
             f"STN {pm(a['stn']['primary'][kind])}, CNN {pm(a['baseline']['primary'][kind])}."
         )
-    sec.paragraphs.append(" ".join(q))
     sec.paragraphs.append(
         f"Training set grown {m['n_train'] // 3:,} → {m['n_train']:,} (test {m['n_test'] // 3:,} "
         f"→ {m['n_test']:,}): every image, one elastic copy (elasticdeform's random 3×3 grid, "
@@ -377,8 +375,8 @@ def theta_table(m: dict[str, Any]) -> Table:
             *(f"θ scale on {k}" for k in m["kinds"][1:]),
         ],
         rows,
-        f"θ of every seed's STN on fixed test images ({m['kinds'][1:]}), averaged over the "
-        f"last {n} epochs; a full undo of the {m['zoom_factor']:g}× zoom-out is "
+        f"θ of every seed's STN on fixed test images ({', '.join(m['kinds'][1:])}), averaged "
+        f"over the last {n} epochs; a full undo of the {m['zoom_factor']:g}× zoom-out is "
         f"{m['zoom_factor']:g}×",
     )
 

@@ -1,9 +1,9 @@
 /* relu(max_pool2d(conv2d(x, w, b) * s, 2)) per member of a stack, forward and backward, on the
  * CPU: the four conv → pool → ReLU blocks of the PyTorch tutorial's STN (28×28 inputs).
  *
- * Why by hand (models/native.py has the measurements): oneDNN ran these small grouped layers
- * at 15–43 GFLOP/s forward and backward on one core, and much of their time went to layout
- * copies, zero fills and pooling around the convolutions. Here the forward convolves one image at a time into an
+ * Why by hand (the measurements: README, Timings): oneDNN ran these small grouped layers far
+ * below the core's matmul rate, and much of their time went to layout copies, zero fills and
+ * pooling around the convolutions. Here the forward convolves one image at a time into an
  * L1-sized buffer and pools it there; the backward uses what the pool threw away: only each
  * window's maximum gets a gradient, so the kernel and input gradients visit a quarter of the
  * positions a dense backward does, and nothing is stored at the convolution's resolution.
@@ -20,8 +20,15 @@
  * window's argmax 0..3, or DEAD where the output is 0 (no gradient). Each image is copied into
  * an L1-sized buffer with padded rows first (8-wide loads stay inside; it measured faster than
  * reading padded tensors in place).
+ *
+ * Safety: both entry points check the shapes their blocks and buffers were written for and
+ * return NOT_COVERED instead of touching memory otherwise (native.py checks the tensors before
+ * the call, and again here, so a wrong call is an exception, never a crash). Scratch buffers
+ * live on the heap, zeroed once per call, so a worker thread's small stack is never at risk and
+ * no lane is read that was not written (the conv buffer's columns past a row's outputs stay 0).
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define PITCH 32  /* row pitch of the padded image and conv buffers: >= 3 vectors + ks - 1 */
@@ -29,6 +36,8 @@
 #define MAXCO 32
 #define MAXH 28
 #define DEAD 255
+#define NOT_COVERED 1 /* return codes: 0 = done */
+#define NO_MEMORY 2
 
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v8u __attribute__((vector_size(32), aligned(4)));
@@ -38,6 +47,24 @@ static inline v8 load8(const float *p) { return *(const v8u *)p; }
 static inline void store8(float *p, v8 v) { *(v8u *)p = v; }
 static inline v8 sel(v8i t, v8 a, v8 b) { return (v8)(((v8i)a & t) | ((v8i)b & ~t)); }
 static inline v8i seli(v8i t, v8i a, v8i b) { return (a & t) | (b & ~t); }
+
+/* The shapes the register blocks and buffers cover (native.py's BLOCKS and bounds). */
+static int covered(int K, int B, int cin, int co, int h, int ks) {
+    const int ho = h - ks + 1;
+    if (K < 1 || B < 0 || cin < 1 || cin > MAXCIN || co < 1 || co > MAXCO || h > MAXH) return 0;
+    if (ho < 2 || ho > 24 || (ks != 5 && ks != 7)) return 0;
+    const int block = ks == 7 ? (ho > 8 ? 8 : 0) : (ho > 8 ? 5 : 10);
+    if (block == 0 || co % block) return 0;
+    return cin == 1 || (ks == 5 && (cin % 5 == 0 || cin % 4 == 0));
+}
+
+/* Zeroed, 32-byte aligned scratch of n floats (NULL when out of memory). */
+static float *scratch(size_t n) {
+    const size_t bytes = (n * sizeof(float) + 31) / 32 * 32;
+    float *p = aligned_alloc(32, bytes);
+    if (p) memset(p, 0, bytes);
+    return p;
+}
 
 /* Image (cin planes h×h) → rows of pitch PITCH. Columns >= h are zeroed once per call by the
  * caller, so 8-wide loads stay inside the buffer and the padding never reaches a result. */
@@ -95,10 +122,11 @@ static void conv_image(const float *xp, int cin, int h, const float *w, const fl
             conv_rows(xp, cin, h, p, w, bias, 5, ho, o0, buf, 10, 1);
 }
 
-/* One pooled row (up to 16 wide) from scaled conv rows r0, r1; then ReLU and window codes. */
-static inline void pool_row(const float *r0, const float *r1, float s, float *m, int *c) {
+/* One pooled row (nh × 8 wide, nh = 1 or 2) from scaled conv rows r0, r1; then ReLU and window
+ * codes. The lanes read past a row's outputs were zeroed with the buffer, never left unset. */
+static inline void pool_row(const float *r0, const float *r1, float s, int nh, float *m, int *c) {
     const v8i even = {0, 2, 4, 6, 8, 10, 12, 14}, odd = even + 1;
-    for (int h = 0; h < 2; ++h) {
+    for (int h = 0; h < nh; ++h) {
         const v8 a0 = load8(r0 + 16 * h) * s, a1 = load8(r0 + 16 * h + 8) * s;
         const v8 b0 = load8(r1 + 16 * h) * s, b1 = load8(r1 + 16 * h + 8) * s;
         const v8 q[4] = {__builtin_shuffle(a0, a1, even), __builtin_shuffle(a0, a1, odd),
@@ -117,14 +145,17 @@ static inline void pool_row(const float *r0, const float *r1, float s, float *m,
     }
 }
 
-void cpr_forward(const float *x, const float *w, const float *bias, const float *scale, int K,
-                 int B, int cin, int co, int h, int ks, float *out, uint8_t *code) {
-    const int ho = h - ks + 1, hp = ho / 2, plane = hp * hp;
-    float xp[MAXCIN * MAXH * PITCH] __attribute__((aligned(32)));
-    float buf[MAXCO * MAXH * PITCH] __attribute__((aligned(32)));
-    float m[16];
-    memset(xp, 0, sizeof(float) * cin * h * PITCH);
-    int c[16];
+int cpr_forward(const float *x, const float *w, const float *bias, const float *scale, int K,
+                int B, int cin, int co, int h, int ks, float *out, uint8_t *code) {
+    if (!covered(K, B, cin, co, h, ks)) return NOT_COVERED;
+    const int ho = h - ks + 1, hp = ho / 2, plane = hp * hp, nh = (hp + 7) / 8;
+    float *xp = scratch((size_t)cin * h * PITCH), *buf = scratch((size_t)co * ho * PITCH);
+    if (!xp || !buf) {
+        free(xp), free(buf);
+        return NO_MEMORY;
+    }
+    float m[16] = {0};
+    int c[16] = {0};
     for (int k = 0; k < K; ++k)
         for (int b = 0; b < B; ++b) {
             const int64_t img = (int64_t)k * B + b;
@@ -136,12 +167,14 @@ void cpr_forward(const float *x, const float *w, const float *bias, const float 
                 uint8_t *cd = code + (img * co + o) * plane;
                 for (int py = 0; py < hp; ++py) {
                     const float *r0 = buf + (o * ho + 2 * py) * PITCH;
-                    pool_row(r0, r0 + PITCH, s, m, c);
+                    pool_row(r0, r0 + PITCH, s, nh, m, c);
                     for (int px = 0; px < hp; ++px)
                         dst[py * hp + px] = m[px], cd[py * hp + px] = (uint8_t)c[px];
                 }
             }
         }
+    free(xp), free(buf);
+    return 0;
 }
 
 /* One image's gradients through output channel o from input channels [ci0, ci0 + cb): the
@@ -149,7 +182,7 @@ void cpr_forward(const float *x, const float *w, const float *bias, const float 
  * and stored back; the input gradient gx (NULL: not wanted) is accumulated; returns the bias
  * gradient's share. wr: the kernel rows, padded alike. Windows are visited 5 apart in a row, so
  * an input-gradient row stored for one is not read back, part-overlapped, by the next (a
- * store-forwarding stall that cost 1.2× on the 5×5 layer). */
+ * store-forwarding stall, measurable on the 5×5 layer). */
 static inline __attribute__((always_inline)) float backward_block(
     const float *restrict x, const float *restrict wr, const uint8_t *restrict code,
     const float *restrict g, float s, int h, int pitch, const int ks, int hp, const int cb,
@@ -213,15 +246,18 @@ static void backward_image(const float *x, const float *wpad, const uint8_t *cod
 }
 
 /* Gradients of members 0..K: gw, gb and gx (NULL: not wanted) overwritten. */
-void cpr_backward(const float *x, const float *w, const float *scale, const uint8_t *code,
-                  const float *gout, int K, int B, int cin, int co, int h, int ks, float *gw,
-                  float *gb, float *gx) {
+int cpr_backward(const float *x, const float *w, const float *scale, const uint8_t *code,
+                 const float *gout, int K, int B, int cin, int co, int h, int ks, float *gw,
+                 float *gb, float *gx) {
+    if (!covered(K, B, cin, co, h, ks)) return NOT_COVERED;
     const int hp = (h - ks + 1) / 2, plane = hp * hp, rows = cin * ks, image = cin * h * h;
-    float xp[MAXCIN * MAXH * PITCH] __attribute__((aligned(32)));
-    float gxp[MAXCIN * MAXH * PITCH] __attribute__((aligned(32)));
-    float wpad[MAXCO * MAXCIN * 7 * 8] __attribute__((aligned(32)));
-    float gwa[MAXCO * MAXCIN * 7 * 8] __attribute__((aligned(32)));
-    memset(xp, 0, sizeof(float) * cin * h * PITCH);
+    const size_t padded = (size_t)cin * h * PITCH, kernels = (size_t)co * rows * 8;
+    float *xp = scratch(padded), *gxp = scratch(padded);
+    float *wpad = scratch(kernels), *gwa = scratch(kernels);
+    if (!xp || !gxp || !wpad || !gwa) {
+        free(xp), free(gxp), free(wpad), free(gwa);
+        return NO_MEMORY;
+    }
     for (int k = 0; k < K; ++k) {
         const float *wk = w + k * co * rows * ks;
         for (int r = 0; r < co * rows; ++r)
@@ -243,4 +279,6 @@ void cpr_backward(const float *x, const float *w, const float *scale, const uint
         for (int r = 0; r < co * rows; ++r)
             for (int kw = 0; kw < ks; ++kw) gwk[r * ks + kw] = gwa[r * 8 + kw];
     }
+    free(xp), free(gxp), free(wpad), free(gwa);
+    return 0;
 }

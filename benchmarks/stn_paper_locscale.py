@@ -23,7 +23,7 @@ from mnistlab.data import load_mnist
 from mnistlab.data.distort import SIZES, distort
 from mnistlab.models.paper_stn import PaperNet
 from mnistlab.models.stn import to_input
-from mnistlab.studies.stn.paper import BUDGETS, members, train_model
+from mnistlab.studies.stn.paper import BUDGETS, STNPaperConfig, members, train_model
 from mnistlab.train.engine import Pool
 from mnistlab.train.evaluate import solo
 
@@ -57,17 +57,18 @@ def main() -> None:
     found = {}
     for scale in (float(v) for v in args.scales.split(",")):
         t0 = time.perf_counter()
+        cfg = STNPaperConfig(rts_half=False)  # as measured, before the study halved RTS
+        recipes = [(s, plan.lr, scale) for s in range(args.seeds)]
         res = train_model(
+            cfg,
             kind,
             "st-cnn",
-            members(kind, "st-cnn", range(args.seeds), plan.lr, n_train),
-            plan.schedule(),
+            members(cfg, kind, "st-cnn", recipes, torch.arange(n_train)),
             pool,
-            n_train,
+            {"test": torch.arange(n_train, len(pool.y))},
             device=torch.device("cpu"),
             checkpoint=None,
             progress=None,
-            loc_lr_scale=scale,
         )
         rows = []
         for i, state in enumerate(res.states):

@@ -22,7 +22,7 @@ import torch
 
 from mnistlab.data import load_mnist
 from mnistlab.data.distort import distort
-from mnistlab.studies.stn.paper import BUDGETS, MODELS, members, train_model
+from mnistlab.studies.stn.paper import BUDGETS, MODELS, STNPaperConfig, members, train_model
 from mnistlab.train.engine import Pool
 
 VALIDATION = 10_000
@@ -41,22 +41,23 @@ def main() -> None:
     args = ap.parse_args()
     lrs = [float(v) for v in args.lrs.split(",")]
     images, labels = load_mnist("train")
-    schedule = BUDGETS["cpu"].schedule(args.epochs)
+    cfg = STNPaperConfig(epochs=args.epochs, rts_half=False)  # the pilot predates the halving
     found: dict[str, dict[str, dict[str, list[float]]]] = {}
     for kind in args.distortions.split(","):
         data = distort(images, labels, kind, seed=0, split="train")  # the study's train set
         pool = Pool(data.images, data.labels)
         n_train = len(data) - VALIDATION
         for model in MODELS:
-            group = [m for lr in lrs for m in members(kind, model, range(1), lr, n_train)]
+            fit = torch.arange(n_train)
+            group = members(cfg, kind, model, [(0, lr, 1.0) for lr in lrs], fit)
             t0 = time.perf_counter()
             res = train_model(
+                cfg,
                 kind,
                 model,
                 group,
-                schedule,
                 pool,
-                n_train,
+                {"test": torch.arange(n_train, len(pool.y))},
                 device=torch.device("cpu"),
                 checkpoint=None,
                 progress=None,
@@ -89,7 +90,7 @@ def main() -> None:
         json.dumps(
             {
                 "validation": f"last {VALIDATION} of the distorted training images",
-                "schedule": repr(schedule),
+                "schedule": repr(cfg.plan.schedule(cfg.epochs_run)),
                 "final_validation_error": found,
                 "mean_final": mean,
                 "lowest": best,

@@ -173,7 +173,7 @@ def test_tuning_resumes_to_the_same_trials_after_sigkill(tmp_path, mnist):
     import signal
     import subprocess
     import sys
-    import time
+    import time  # polling only: a hang is caught by the per-test timeout
 
     import optuna
 
@@ -189,9 +189,8 @@ def test_tuning_resumes_to_the_same_trials_after_sigkill(tmp_path, mnist):
     )
     folder = root / "digits" / runs.config_hash(cfg)
     db = folder / "tune" / "optuna.db"
-    deadline = time.monotonic() + 120
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
+        while proc.poll() is None:  # poll the database until a trial runs after a finished one
             try:
                 trials = optuna.load_study(study_name="digits-cv", storage=f"sqlite:///{db}").trials
             except Exception:  # not created yet

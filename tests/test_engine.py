@@ -8,7 +8,8 @@ from mnistlab.models.backbones import new_linear
 from mnistlab.models.mlp import MLP, MLPConfig, StackedMLP, build_mlp
 from mnistlab.models.stack import StackedLinear, Step, stack_states
 from mnistlab.models.stn import StackedSTN, init_stn, to_input
-from mnistlab.train.engine import Member, Pool, Schedule, _derive, train_stack
+from mnistlab.train.engine import Member, Pool, Schedule, train_stack
+from mnistlab.train.trainer import _derive
 
 CPU = torch.device("cpu")
 # Float tolerance of "the same training": a stack runs batched matmuls whose summation order

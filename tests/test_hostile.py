@@ -248,10 +248,9 @@ def test_sigterm_saves_what_is_finished_says_so_and_exits_143(tmp_path, mnist):
     command = [sys.executable, "-m", "mnistlab", *argv]
     env = {**os.environ, "MNISTLAB_PROGRESS": "lines"}
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 120
-    while not list(results.glob("stn/*/checkpoints/*.pt")):  # an epoch is saved
-        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
-        time.sleep(0.02)
+    while not list(results.glob("stn/*/checkpoints/*.pt")):  # poll until an epoch is saved
+        assert proc.poll() is None, "the run ended before writing a checkpoint"
+        time.sleep(0.02)  # (a hang is caught by the per-test timeout)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err

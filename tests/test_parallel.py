@@ -90,21 +90,23 @@ def test_studies_in_workers_give_the_numbers_of_one_process_with_their_threads(t
 
 
 # Targets run in the workers: module level, so a spawned process can import them.
-def _record_order(job: parallel.Job, here: parallel.Here) -> str:
+def _record_order(job: parallel.Job, here: parallel.JobContext) -> str:
     with open(job.payload, "a") as f:
         f.write(job.name + "\n")
     return job.name
 
 
-def _fail(job: parallel.Job, here: parallel.Here) -> None:
+def _fail(job: parallel.Job, here: parallel.JobContext) -> None:
     raise MnistlabError(f"{job.name}: refused on purpose")
 
 
-def _sleep(job: parallel.Job, here: parallel.Here) -> None:
-    time.sleep(120)
+def _wait_forever(job: parallel.Job, here: parallel.JobContext) -> None:
+    """Busy until stopped: it never returns on its own (a worker the caller must stop)."""
+    while True:
+        time.sleep(0.05)
 
 
-def _die(job: parallel.Job, here: parallel.Here) -> None:
+def _die(job: parallel.Job, here: parallel.JobContext) -> None:
     os._exit(3)
 
 
@@ -130,34 +132,38 @@ def test_the_longest_ready_job_starts_first_and_dependencies_wait(tmp_path):
 
 
 def test_a_failure_in_a_worker_is_raised_here_and_stops_the_others(tmp_path):
-    t0 = time.perf_counter()
+    """The other worker never ends on its own: only being stopped ends this test (a hang
+    would be caught by the per-test timeout)."""
     with pytest.raises(MnistlabError, match="bad: refused on purpose"):
-        _run([parallel.Job("slow", None, minutes=2), parallel.Job("bad", None)], _fail_or_sleep)
-    assert time.perf_counter() - t0 < 60
+        _run([parallel.Job("slow", None, minutes=2), parallel.Job("bad", None)], _fail_or_wait)
     assert not multiprocessing.active_children()
 
 
-def _fail_or_sleep(job: parallel.Job, here: parallel.Here) -> None:
-    (_fail if job.name == "bad" else _sleep)(job, here)
+def _fail_or_wait(job: parallel.Job, here: parallel.JobContext) -> None:
+    (_fail if job.name == "bad" else _wait_forever)(job, here)
 
 
-def _chatty_or_die(job: parallel.Job, here: parallel.Here) -> None:
+def _chatty_or_die(job: parallel.Job, here: parallel.JobContext) -> None:
+    """``chatty`` sends progress every few ms until stopped (keeping the caller's queue busy);
+    ``crash`` dies once chatty is chatting (the file ``job.payload`` is its sign)."""
+    started = Path(job.payload)
     if job.name == "crash":
-        time.sleep(2)
+        while not started.exists():
+            time.sleep(0.01)
         _die(job, here)
-    task = here.progress.task("chatty", 10_000)
-    for _ in range(10_000):  # progress every few ms keeps the caller's queue busy
+    task = here.progress.task("chatty", None)
+    started.touch()
+    while True:
         time.sleep(0.005)
         task.advance()
 
 
-def test_a_worker_that_dies_without_a_word_is_an_error_not_a_hang():
+def test_a_worker_that_dies_without_a_word_is_an_error_not_a_hang(tmp_path):
     with pytest.raises(parallel.WorkerFailed, match="exit code 3"):
         _run([parallel.Job("crash", None)], _die)
-    t0 = time.perf_counter()  # also while another worker keeps sending progress
+    sign = str(tmp_path / "chatting")  # also while another worker keeps sending progress
     with pytest.raises(parallel.WorkerFailed, match=r"crash: .*exit code 3"):
-        _run([parallel.Job("chatty", None), parallel.Job("crash", None)], _chatty_or_die)
-    assert time.perf_counter() - t0 < 30
+        _run([parallel.Job("chatty", sign), parallel.Job("crash", sign)], _chatty_or_die)
     assert not multiprocessing.active_children()
 
 
@@ -186,7 +192,7 @@ def _two_cells(folder: Path, fail: bool) -> list[Cell]:
     return [make("heavy"), make("light")]
 
 
-def _study_with_cells(job: parallel.Job, here: parallel.Here) -> None:
+def _study_with_cells(job: parallel.Job, here: parallel.JobContext) -> None:
     folder, fail = job.payload
     cells = _two_cells(folder, fail)
     if job.cell is None:

@@ -160,7 +160,7 @@ def test_paper_verdicts_follow_the_paired_test_and_say_when_the_transformer_coll
 ):
     """'Reproduced' only where this run's own test says the ST-CNN is better; a θ that is the
     same for every image is named a fixed warp. Both flip with the numbers."""
-    from mnistlab.report.sections.stn_paper import stn_paper
+    from mnistlab.report.sections.stn.paper import stn_paper
 
     folder = copy_study(results, tmp_path, "stn-paper")
 

@@ -144,11 +144,15 @@ def test_a_two_node_cluster_runs_cells_on_both_nodes(tmp_path, mnist, two_node_c
     assert used == nodes  # one model's stack on each node
 
 
-def _cell(path: Path, pid_file: Path | None = None, sleep: float = 0.0):
+def _cell(path: Path, pid_file: Path | None = None, wait_for: Path | None = None):
+    """A cell that writes ``path``; with ``wait_for``, only once that file exists (which, in
+    the kill test, it never does: the cell is killed while it waits)."""
+
     def run():
         if pid_file is not None:
             pid_file.write_text(str(os.getpid()))
-        time.sleep(sleep)
+        while wait_for is not None and not wait_for.exists():
+            time.sleep(0.05)
         path.write_text(f"{time.time_ns()}")
         return path.name
 
@@ -157,11 +161,10 @@ def _cell(path: Path, pid_file: Path | None = None, sleep: float = 0.0):
 
 def test_a_killed_worker_is_finished_by_a_rerun_without_recomputing(tmp_path, local_ray):
     a, b, pid = tmp_path / "a", tmp_path / "b", tmp_path / "pid"
-    cells = [_cell(a), _cell(b, pid, sleep=60)]
-    deadline = time.monotonic() + 60
+    cells = [_cell(a), _cell(b, pid, wait_for=tmp_path / "never")]
 
     def kill_b():
-        while not (pid.is_file() and a.is_file()) and time.monotonic() < deadline:
+        while not (pid.is_file() and a.is_file()):  # poll: b is running and a is done
             time.sleep(0.05)
         os.kill(int(pid.read_text()), signal.SIGKILL)
 

@@ -38,7 +38,7 @@ def test_theta_decomposition_recovers_synthetic_transforms(params):
 
 
 def test_deformation_list_is_derived_from_numbers():
-    from mnistlab.report.sections.stn import deformation_bullets, learned_in_seeds
+    from mnistlab.report.sections.stn.tutorial import deformation_bullets, learned_in_seeds
 
     th = torch.cat(
         [theta.compose_theta(20 if i % 2 else -20, 0.5, 0.5, 0, 0, 0) for i in range(200)]
@@ -153,7 +153,7 @@ def test_primary_score_is_the_mean_of_the_last_epochs_and_flips_the_verdict(tmp_
             curve = a[model]["curves_by_seed"]["test_acc"][k]
             assert a[model]["per_seed_primary"]["all"][k] == pytest.approx(sum(curve[-2:]) / 2)
             assert a[model]["per_seed_final"]["all"][k] == curve[-1]
-    from mnistlab.report.sections.stn import verdict
+    from mnistlab.report.sections.stn.common import verdict
 
     m["models"]["stn"]["per_seed_primary"]["all"] = [0.99, 0.985, 0.98]
     m["models"]["baseline"]["per_seed_primary"]["all"] = [0.95, 0.946, 0.94]
@@ -212,3 +212,45 @@ def test_stn_curves_are_drawn_per_seed(tmp_path):
     }
     figures.seed_curves(tmp_path, curves, "t")
     assert (tmp_path / "accuracy_curves.png").stat().st_size > 1000
+
+
+# --------------------------------------------------------------- stn-best
+
+
+def test_the_best_recipes_validation_keeps_a_digit_with_its_copies():
+    from mnistlab.studies.stn import best
+
+    cfg = best.STNBestConfig(search_digits=5, val_digits=3)
+    fit, val = best.split(10, cfg)
+    assert fit.tolist() == [0, 1, 2, 3, 4, 10, 11, 12, 13, 14, 20, 21, 22, 23, 24]
+    assert val.tolist() == [7, 8, 9, 17, 18, 19, 27, 28, 29]
+    assert not set(fit.tolist()) & set(val.tolist())
+    assert {i % 10 for i in fit.tolist()}.isdisjoint({i % 10 for i in val.tolist()})
+
+
+def test_the_best_recipe_search_never_reads_the_test_set(tmp_path, mnist, tmp_cache):
+    """Re-run with the test labels shuffled: the same scores and the same choice."""
+    from unittest import mock
+
+    from mnistlab.progress import Progress
+    from mnistlab.studies.stn import best
+
+    cfg = best.STNBestConfig(
+        epochs=1, seeds=1, limit_train=150, limit_test=60, train_eval_size=50,
+        search_digits=60, val_digits=60, search_epochs=1, recipes=("tutorial", "cosine-loc0.1"),
+        device="cpu",
+    )  # fmt: skip
+    cpu = torch.device("cpu")
+    first = best.search(cfg, tmp_path / "a", None, cpu, Progress())
+    real = best.expanded
+
+    def shuffled(split, *a, **k):
+        out = real(split, *a, **k)
+        if split == "test":
+            out.labels.copy_(out.labels[torch.randperm(len(out.labels))])
+        return out
+
+    with mock.patch.object(best, "expanded", shuffled):
+        again = best.search(cfg, tmp_path / "b", None, cpu, Progress())
+    assert first["chosen"] == again["chosen"] and first["grid"] == again["grid"]
+    assert [r["recipe"] for r in first["grid"]] == ["tutorial", "cosine-loc0.1"]

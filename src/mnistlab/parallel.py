@@ -2,8 +2,9 @@
 
 Why processes, and why it pays on a small CPU: the studies' operations are small (a batch of 64
 through the STN's 5×5 convolutions), so one process cannot keep two cores busy — its STN step
-runs 1.5× faster on two threads than on one, not 2× — while two single-threaded processes
-barely slow each other (``benchmarks/jobs_bench.py``). N processes with cores/N threads each
+runs well short of twice as fast on two threads — while two single-threaded processes barely
+slow each other (``benchmarks/jobs_bench.py``; README, Timings). N processes with cores/N
+threads each
 therefore finish the suite sooner than one process with all cores.
 
 Rules that keep the numbers trustworthy:
@@ -13,9 +14,9 @@ Rules that keep the numbers trustworthy:
 * a study starts only after the studies whose caches it reads (``Job.after``), and the longest
   ready job starts first (``Job.minutes``), so the suite does not end on a long straggler;
 * a study with independent cells (the STN studies: one stack per model) hands all but its
-  heaviest to the queue as jobs of their own (:class:`Delegating`) and waits for them without
-  counting as busy — otherwise its 37-minute STN stack and 18-minute CNN stack would run one
-  after the other on one core, the longest pole of the suite;
+  heaviest to the queue as jobs of their own (:class:`DelegatingExecutor`) and waits for them
+  without counting as busy — otherwise its STN stack and its CNN stack would run one after the other
+  on one core, the longest pole of the suite;
 * progress and messages travel back over a queue and are replayed on the caller's
   :class:`~mnistlab.progress.Progress` (bars, lines or notebook), and each study still logs to
   its own ``run.log``;
@@ -39,6 +40,7 @@ from typing import Any
 from mnistlab.executors import Cell, LocalExecutor
 from mnistlab.executors import order as order_cells
 from mnistlab.progress import LineProgress, Progress, Task, log
+from mnistlab.train.allocator import keep_freed_memory
 
 FLUSH_SECONDS = 0.25  # a worker sends a task's progress at most this often
 DEAD_GRACE_SECONDS = 5.0  # how long a worker's end may trail its exit in the queue
@@ -56,7 +58,7 @@ class Job:
 
 
 @dataclass
-class Here:
+class JobContext:
     """What a job gets from its worker: progress that reaches the caller, and an executor that
     may hand the study's independent cells to other workers."""
 
@@ -131,41 +133,52 @@ def _portable(exc: BaseException) -> BaseException:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
-class Delegating(LocalExecutor):
+class DelegatingExecutor(LocalExecutor):
     """Runs a study's cells in its worker, but asks the caller to run all but the heaviest of
-    its independent cells in other workers, then waits for their results. Why: a study of two
-    stacks (the STN and its CNN) would otherwise keep one core busy for both while the other
-    core's queue runs dry; waiting, it tells the caller so that its core counts as free."""
+    the cells that are ready together in other workers, then waits for their results — wave
+    by wave, so that cells that need others (a search, then the seeds of its choice) are
+    shared out once what they need is done. Why: a study of two stacks (the STN and its CNN)
+    would otherwise keep one core busy for both while the other core's queue runs dry;
+    waiting, it tells the caller so that its core counts as free."""
 
     def __init__(self, forward: _Forward):
         self.forward, self.parent = forward, os.getppid()
 
     def run(self, cells: Sequence[Cell], root: Any = None) -> dict[str, Any]:
         todo = [c for c in order_cells(cells) if not c.done()]
-        free = [c for c in todo if not c.needs and not any(c.key in o.needs for o in todo)]
-        away = sorted(free, key=lambda c: -c.weight)[1:]
-        total = sum(c.weight for c in todo)
-        for c in away:
-            self.forward.send("delegate", c.key, c.weight / total)
-        results = {c.key: c.run() for c in todo if c not in away}
-        if away:
-            self.forward.send("waiting")
-            while not all(c.done() for c in away):
-                if os.getppid() != self.parent:  # the caller is gone: nobody will run them
-                    raise SystemExit(1)
-                time.sleep(0.5)
-            self.forward.send("resumed")
+        finished = {c.key for c in cells if c.key not in {t.key for t in todo}}
+        total = sum(c.weight for c in todo) or 1.0
+        results: dict[str, Any] = {}
+        while todo:
+            ready = [c for c in todo if all(n in finished for n in c.needs)]
+            here, *away = sorted(ready, key=lambda c: -c.weight)
+            for c in away:
+                self.forward.send("delegate", c.key, c.weight / total)
+            results[here.key] = here.run()
+            if away:
+                self._wait(away)
+            finished |= {c.key for c in ready}
+            todo = [c for c in todo if c not in ready]
         return results
+
+    def _wait(self, away: list[Cell]) -> None:
+        self.forward.send("waiting")
+        while not all(c.done() for c in away):
+            if os.getppid() != self.parent:  # the caller is gone: nobody will run them
+                raise SystemExit(1)
+            time.sleep(0.5)
+        self.forward.send("resumed")
 
 
 def _worker(target: Callable, job: Job, threads: int, events: Any) -> None:
     import torch
 
     torch.set_num_threads(threads)  # before any work: the job's numbers depend on it
+    keep_freed_memory()  # a process the tool owns (train/allocator.py)
     try:
         t0 = time.perf_counter()
         forward = _Forward(events, job.name)
-        result = target(job, Here(forward, Delegating(forward)))
+        result = target(job, JobContext(forward, DelegatingExecutor(forward)))
         events.put(("result", job.name, result, time.perf_counter() - t0))
     except KeyboardInterrupt:
         pass  # the parent was interrupted too and stops everyone
@@ -291,7 +304,7 @@ class _Scheduler:
 
 def run_jobs(
     jobs: list[Job],
-    target: Callable[[Job, Here], Any],
+    target: Callable[[Job, JobContext], Any],
     *,
     workers: int,
     progress: Progress,

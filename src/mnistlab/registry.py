@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from mnistlab import schemas
+from mnistlab import schemas, summaries
 from mnistlab.errors import MnistlabError
-from mnistlab.stats import mean_ci_text
 
 PROFILES = ("quick", "full")
 PROTOCOL_NAMES = ("specified", "best")  # run order of ``run all``: as specified first
@@ -87,75 +86,6 @@ class Study:
         return f"mnistlab run {self.name}"
 
 
-# ------------------------------------------------------------------------- summary lines
-
-
-def _fewshot_line(m: dict[str, Any]) -> str:
-    parts = []
-    for name, r in m["backbones"].items():
-        row = r["table"][0]
-        tag = " (random weights)" if r["random_weights"] else ""
-        parts.append(
-            f"{name}{tag} lowest test error at {row['size']}/class "
-            f"{mean_ci_text(row['lowest_test_error'])}"
-        )
-    parts += [f"{n} skipped (no weights)" for n in m.get("skipped", {})]
-    return "; ".join(parts)
-
-
-def _stn_line(m: dict[str, Any]) -> str:
-    a, n = m["models"], m["score_epochs"]
-    return (
-        f"test accuracy (mean of the last {n} epochs) STN "
-        f"{mean_ci_text(a['stn']['primary']['all'])}, CNN "
-        f"{mean_ci_text(a['baseline']['primary']['all'])}"
-    )
-
-
-def _deform_line(m: dict[str, Any]) -> str:
-    a, n = m["models"], m["score_epochs"]
-    mag = m["magnification"]["per_seed"]
-    return (
-        f"zoom-out test accuracy (mean of the last {n} epochs) STN "
-        f"{mean_ci_text(a['stn']['primary']['zoom'])} vs CNN "
-        f"{mean_ci_text(a['baseline']['primary']['zoom'])}; zoomed-out digits magnified "
-        f"{sum(mag) / len(mag):.2f}× relative to originals"
-    )
-
-
-def _paper_line(m: dict[str, Any]) -> str:
-    err = {k: {n: 100 * v["test_error"][0] for n, v in r.items()} for k, r in m["results"].items()}
-    return "test error CNN / ST-CNN: " + ", ".join(
-        f"{k} {err[k]['cnn']:.2f} / {err[k]['st-cnn']:.2f} %" for k in m["distortions"]
-    )
-
-
-def _digits_line(m: dict[str, Any]) -> str:  # digits.run returns every part's results
-    parts = []
-    if "tune" in m:
-        parts.append(f"tuned test precision {100 * m['tune']['test_precision']:.2f} %")
-    for v in ("frozen5", "scratch"):
-        if v in m:
-            parts.append(f"{v} {mean_ci_text(m[v]['summary']['test_acc'], digits=1)}")
-    return "; ".join(parts)
-
-
-def _fewshot_best_line(m: dict[str, Any]) -> str:
-    parts = [
-        f"{name} best honest test accuracy at {r['table'][0]['size']}/class "
-        f"{mean_ci_text(r['table'][0]['test_acc'])}"
-        for name, r in m["backbones"].items()
-    ]
-    return "; ".join(parts) or "no backbone had weights"
-
-
-def _digits_best_line(m: dict[str, Any]) -> str:
-    src, tr = m["source"]["best"], m["transfer"]
-    return f"source test precision {100 * src['test_precision']:.2f} %; transfer " + ", ".join(
-        f"{v} {mean_ci_text(tr[v]['test_acc'], digits=1)}" for v in tr
-    )
-
-
 # ------------------------------------------------------------------------- the table
 
 _QUICK_FEWSHOT = {"sizes": (10, 30), "seeds": 2, "epochs": 40, "test_limit": 1000}
@@ -168,6 +98,7 @@ _QUICK_DIGITS = {
     "dropout_rates": (0.1, 0.3),
 }
 _QUICK_STN = {"epochs": 3, "limit_train": 10_000, "limit_test": 2000}
+_TINY_DEFORM = {"epochs": 1, "seeds": 2, "limit_train": 200, "limit_test": 100}
 _SKIP_MISSING = {"skip_missing": True}
 # Tiny: random-weight ResNet-18 on 32×32 inputs, a few hundred images — the test suite runs
 # every study this way to check files, schemas, report and resume, never the numbers.
@@ -221,7 +152,7 @@ _STUDIES = (
         title="Few-shot ImageNet transfer",
         help="few-shot transfer: new 10-way layer on frozen ImageNet nets",
         protocol="specified",
-        summary=_fewshot_line,
+        summary=summaries.fewshot_line,
         metrics=schemas.FewshotMetrics,
         quick=_QUICK_FEWSHOT,
         tiny={**_TINY_FEWSHOT, "seeds": 3, "val_per_class": 2},
@@ -237,7 +168,7 @@ _STUDIES = (
         title="Few-shot: the best honest protocol",
         help="few-shot: the best honest head (chosen on validation) on the same frozen features",
         protocol="best",
-        summary=_fewshot_best_line,
+        summary=summaries.fewshot_best_line,
         metrics=schemas.FewshotBestMetrics,
         quick=_QUICK_FEWSHOT,
         tiny={**_TINY_FEWSHOT, "c_grid": (0.1, 1.0, 10.0), "lbfgs_iters": 30},
@@ -251,11 +182,11 @@ _STUDIES = (
         "stn",
         "stn.tutorial",
         "STNConfig",
-        "stn:stn",
+        "stn.tutorial:stn",
         title="Spatial transformer network on MNIST",
         help="spatial transformer vs plain CNN on MNIST; what it learns",
         protocol="specified",
-        summary=_stn_line,
+        summary=summaries.stn_line,
         metrics=schemas.STNTutorialMetrics,
         quick={**_QUICK_STN, "seeds": 1, "train_eval_size": 2000},
         tiny={
@@ -272,36 +203,82 @@ _STUDIES = (
         "stn-deform",
         "stn.deform",
         "STNDeformConfig",
-        "stn:stn_deform",
+        "stn.deform:stn_deform",
         title="STN on MNIST with elastic and zoom-out copies",
         help="STN on MNIST + elastic + zoom-out copies (60k → 180k)",
         protocol="specified",
-        summary=_deform_line,
+        summary=summaries.deform_line,
         metrics=schemas.STNDeformMetrics,
         quick={**_QUICK_STN, "seeds": 1, "train_eval_size": 3000},
-        tiny={
-            "epochs": 1,
-            "seeds": 1,
-            "limit_train": 200,
-            "limit_test": 100,
-            "train_eval_size": 100,
-        },
+        tiny={**_TINY_DEFORM, "train_eval_size": 100},
         minutes={"full": 40.0, "quick": 0.5},
         cells="stn.deform:cells",
+    ),
+    _entry(
+        "stn-best",
+        "stn.best",
+        "STNBestConfig",
+        "stn.best:stn_best",
+        title="STN on MNIST with elastic and zoom-out copies: the best honest recipe",
+        help="the tutorial's STN on the 180k set with a recipe chosen on validation (opt-in)",
+        protocol="best",
+        summary=summaries.stn_best_line,
+        metrics="mnistlab.report.sections.stn.best:STNBestMetrics",
+        quick={
+            **_QUICK_STN,
+            "seeds": 1,
+            "train_eval_size": 3000,
+            "search_digits": 3000,
+            "val_digits": 2000,
+            "search_epochs": 2,
+            "recipes": ("tutorial", "cosine-loc0.1"),
+        },
+        tiny={
+            **_TINY_DEFORM,
+            "train_eval_size": 100,
+            "search_digits": 60,
+            "val_digits": 60,
+            "search_epochs": 1,
+            "recipes": ("tutorial", "cosine-loc0.1"),
+        },
+        baseline="stn-deform",
+        opt_in=True,
+        minutes={"full": 25.0, "quick": 1.0},
+        cells="stn.best:cells",
+        after=("stn-deform",),  # its expanded data set
     ),
     _entry(
         "stn-paper",
         "stn.paper",
         "STNPaperConfig",
-        "stn_paper:stn_paper",
+        "stn.paper:stn_paper",
         title="The STN paper's distorted MNIST (R, RTS, P, E): CNN vs ST-CNN",
         help="the STN paper's benchmark: CNN vs ST-CNN on rotated, RTS, projective, elastic MNIST",
         protocol="specified",
-        summary=_paper_line,
-        metrics="mnistlab.report.sections.stn_paper:STNPaperMetrics",
-        quick={"epochs": 1, "seeds": 1, "limit_train": 10_000, "limit_test": 2000},
-        tiny={"epochs": 1, "seeds": 2, "limit_train": 300, "limit_test": 100},
+        summary=summaries.paper_line,
+        metrics="mnistlab.report.sections.stn.paper:STNPaperMetrics",
+        quick={
+            "epochs": 1,
+            "seeds": 1,
+            "limit_train": 10_000,
+            "limit_test": 2000,
+            "lr_grid": (0.01,),
+            "loc_scales": (1.0, 0.1),
+            "search_train": 5000,
+            "val_size": 2000,
+        },
+        tiny={
+            "epochs": 1,
+            "seeds": 2,
+            "limit_train": 300,
+            "limit_test": 100,
+            "lr_grid": (0.01,),
+            "loc_scales": (1.0, 0.1),
+            "search_train": 200,
+            "val_size": 100,
+        },
         opt_in=True,
+        cells="stn.paper:cells",
         minutes={"full": 41.0, "quick": 1.0},
     ),
     _entry(
@@ -312,7 +289,7 @@ _STUDIES = (
         title="Digits: the 5×100 MLP, tuning, batch norm, dropout",
         help="MLP on digits 0–4, tuning, BN, dropout, transfer to 5–9",
         protocol="specified",
-        summary=_digits_line,
+        summary=summaries.digits_line,
         metrics=schemas.DigitsMetrics,
         quick=_QUICK_DIGITS,
         tiny={
@@ -332,11 +309,11 @@ _STUDIES = (
         "digits-best",
         "digits.best",
         "DigitsBestConfig",
-        "digits:digits_best",
+        "digits_best:digits_best",
         title="Digits: the best honest protocol",
         help="digits: wider cross-validated search and validation-chosen transfer recipes",
         protocol="best",
-        summary=_digits_best_line,
+        summary=summaries.digits_best_line,
         metrics=schemas.DigitsBestMetrics,
         quick={
             **_QUICK_DIGITS,

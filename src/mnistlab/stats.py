@@ -124,6 +124,28 @@ def paired(a: Sequence[float], b: Sequence[float], what: str = "seeds") -> Compa
     return Comparison(float(d.mean()), p, test, len(d))
 
 
+def holm(comparisons: Sequence[Comparison], alpha: float = ALPHA) -> list[Comparison]:
+    """Holm's step-down correction over a family of tests: each comparison with its p-value
+    adjusted (``min(1, max over the first i sorted of (m − j + 1)·p_j)``), so that "significant"
+    keeps the family's error rate at ``alpha``. Comparisons without a p-value are kept as they
+    are and do not count towards m."""
+    tested = sorted((c.p, i) for i, c in enumerate(comparisons) if c.p is not None)
+    m = len(tested)
+    adjusted: dict[int, float] = {}
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    out = []
+    for i, c in enumerate(comparisons):
+        if i in adjusted:
+            test = f"{c.test}, Holm-corrected over {m} tests"
+            out.append(Comparison(c.diff, adjusted[i], test, c.n, c.why))
+        else:
+            out.append(c)
+    return out
+
+
 def one_sample(values: Sequence[float], mu: float, what: str = "seeds") -> Comparison:
     """One-sample t-test of ``values`` against ``mu`` (``diff`` = mean − ``mu``): e.g. the
     log of a magnification per seed against log 1 (no zoom) or log Z (a full undo)."""

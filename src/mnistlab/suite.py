@@ -93,7 +93,7 @@ def resolve_jobs(jobs: int | str, device: str, executor: str = "local") -> int:
     return 1 if pick_device(device).type != "cpu" else 2
 
 
-def _run_job(job: parallel.Job, here: parallel.Here) -> dict | None:
+def _run_job(job: parallel.Job, here: parallel.JobContext) -> dict | None:
     """What a worker process runs: a study, or one cell of it (``job.payload``: study, config,
     options, settings)."""
     study, config, options, s = job.payload

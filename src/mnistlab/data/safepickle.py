@@ -14,13 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from mnistlab import compat
 from mnistlab.errors import MnistlabError
 
-try:  # NumPy 2 moved numpy.core to numpy._core; the pickle names the old path.
-    from numpy._core.multiarray import _reconstruct
-except ImportError:  # pragma: no cover - NumPy 1.x
-    from numpy.core.multiarray import _reconstruct
-
+_reconstruct = compat.numpy_reconstruct()  # NumPy 2 moved numpy.core; pickles name either
 _ALLOWED: dict[tuple[str, str], Any] = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,

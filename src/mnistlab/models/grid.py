@@ -2,8 +2,8 @@
 
 ``F.affine_grid`` builds the grid as a batched product of an ``[N, H·W, 3]`` base with each
 ``[3, 2]`` θ; on the CPU that tiny-matrix ``bmm`` (and its backward) cost more than the
-transformer's convolutions around it: 1.6 ms for 1,500 28×28 grids, against about a fifth of
-that for the elementwise form below. On this CPU the grid is the same to the bit
+transformer's convolutions around it, several times what the elementwise form below costs
+(README, The training engine). On this CPU the grid is the same to the bit
 (``tests/test_engine_paths.py`` checks it to float tolerance, the CPU kernels' exact order being
 theirs to change), and so is its gradient with respect to θ up to summation order.
 """

@@ -4,8 +4,8 @@ Every model in the studies is small enough that a training step is dominated by 
 overhead, not arithmetic. Running K members of one architecture as one set of operations —
 linear layers as one batched matmul, convolutions as one grouped convolution — pays that
 overhead once. ``torch.func.vmap`` does the same rewriting automatically, but it cannot run a
-convolution in channels-last layout (measured 1.2× slower per STN step on the 2-core CPU of
-``benchmarks/engine_bench.py``) and draws dropout masks for all members from one generator,
+convolution in channels-last layout (slower per STN step: ``benchmarks/engine_bench.py``,
+README) and draws dropout masks for all members from one generator,
 so a member's stream would depend on its neighbours. Hence these hand-vectorised layers.
 
 Conventions: a stacked state maps the *solo* module's state-dict names to tensors with a
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from mnistlab import compat
 from mnistlab.models import native
 
 
@@ -82,8 +83,8 @@ class Step:
 class _Linear(torch.autograd.Function):
     """``x @ Wᵀ + b`` per member with the products laid out for the CPU's batched GEMM:
     autograd's generic ``baddbmm`` backward multiplies a transposed input view (``xᵀ @ g``),
-    ~9× slower here than the same product as ``gᵀ @ x``, and ``W @ xᵀ`` is up to 2.4× faster
-    than ``x @ Wᵀ`` for the few-shot heads' shapes (measured on the 2-core EPYC, README)."""
+    much slower on the CPU than the same product as ``gᵀ @ x``, and ``W @ xᵀ`` beats
+    ``x @ Wᵀ`` for the few-shot heads' shapes (README, The training engine)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -118,10 +119,10 @@ class _OneChannelConv(torch.autograd.Function):
     """A grouped convolution with one input channel per group whose *input* needs a gradient
     (the STN classifier's first layer, fed by the transformer), on the CPU: forward and kernel
     gradient in the channels-last layout, as elsewhere, but the input gradient through
-    ``torch.nn.grad.conv2d_input``, which returns NCHW. oneDNN's channels-last input gradient
-    for this shape is a poor kernel: 4.3–4.6 ms against 2.0–2.8 ms for ``[64, 3, 28, 28]`` → 30
-    channels on the 2-core EPYC, while NCHW is 3–6× slower for the forward and the kernel
-    gradient (the step: ``benchmarks/stn_kernels.py``). Same products, another summation order."""
+    ``torch.nn.grad.conv2d_input``, which returns NCHW: oneDNN's channels-last input gradient
+    for this shape is a poor kernel, while NCHW is slower for the forward and the kernel
+    gradient (measured: ``benchmarks/stn_kernels.py``). Same products, another summation
+    order."""
 
     @staticmethod
     def forward(ctx, g: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor, groups: int):
@@ -137,10 +138,7 @@ class _OneChannelConv(torch.autograd.Function):
         if need_g:
             gi = torch.nn.grad.conv2d_input(g.shape, kernel, grad, groups=ctx.groups)
         if need_w or need_b:
-            _, gw, gb = torch.ops.aten.convolution_backward(
-                grad, g, kernel, [kernel.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0],
-                ctx.groups, [False, need_w, need_b],
-            )  # fmt: skip
+            gw, gb = compat.conv_weight_bias_grads(grad, g, kernel, ctx.groups, (need_w, need_b))
         return gi, gw, gb, None
 
 
@@ -160,8 +158,8 @@ def conv2d(
     return F.conv2d(g, kernel, bias, groups=k)
 
 
-def pool_relu(g: torch.Tensor) -> torch.Tensor:
-    return F.relu(F.max_pool2d(g, 2))
+def pool_relu(g: torch.Tensor, ceil: bool = False) -> torch.Tensor:
+    return F.relu(F.max_pool2d(g, 2, ceil_mode=ceil))
 
 
 def conv_pool_relu(
@@ -170,6 +168,7 @@ def conv_pool_relu(
     name: str,
     memory_format: torch.memory_format,
     scale: torch.Tensor | None = None,
+    ceil: bool = False,
 ) -> torch.Tensor:
     """``relu(max_pool2d(conv2d(x) * scale, 2))`` per member: images ``[K, B, C, H, W]`` →
     ``[K, B, Co, H', W']``; ``scale`` ``[K, B, Co]`` is Dropout2d's mask (None: none). One
@@ -177,13 +176,14 @@ def conv_pool_relu(
     torch's grouped layers elsewhere — there the result is a view of the grouped tensor, so the
     next block's :func:`to_groups` copies nothing."""
     w, b = p[f"{name}.weight"], p[f"{name}.bias"]
-    if native.applies(x, w):
+    odd = (x.shape[-1] - w.shape[-1] + 1) % 2  # ceil pooling differs from floor only then
+    if native.applies(x, w) and not (ceil and odd):
         return native.conv_pool_relu(x, w, b, scale)
     k, n = x.shape[:2]
     g = conv2d(to_groups(x, memory_format), p, name, memory_format)
     if scale is not None:
         g = g * scale.transpose(0, 1).reshape(n, -1, 1, 1)
-    return pool_relu(g).unflatten(1, (k, -1)).transpose(0, 1)
+    return pool_relu(g, ceil).unflatten(1, (k, -1)).transpose(0, 1)
 
 
 def batch_norm(

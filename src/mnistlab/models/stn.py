@@ -120,6 +120,14 @@ class StackedSTN:
         self.use_stn = use_stn
         cl = device.type in ("cpu", "cuda")
         self.memory_format = torch.channels_last if cl else torch.contiguous_format
+        self.device = device
+
+    def numeric_path(self) -> str:
+        """Which conv-pool path its blocks take here (native or torch): the engine keeps it
+        with a checkpoint, since the two agree to rounding only."""
+        from mnistlab.models import native
+
+        return native.path(self.device)
 
     def decays(self, name: str) -> bool:
         return name.endswith("weight")  # every conv and linear kernel (L2 applies to those)

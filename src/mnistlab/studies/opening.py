@@ -22,7 +22,6 @@ from mnistlab.data import load_mnist, mnist_info
 from mnistlab.executors import LocalExecutor
 from mnistlab.progress import Progress
 from mnistlab.progress import default as default_progress
-from mnistlab.train.allocator import keep_freed_memory
 from mnistlab.train.devices import pick_device
 
 
@@ -74,7 +73,6 @@ def open_run(
     env = env or Env()
     out = Path(out_dir)
     device = pick_device(config.device)
-    keep_freed_memory()  # every study's steps reuse their memory (train/allocator.py)
     provenance = mnist_info(env.data_dir).as_dict()
     if check_counts and config.limit is not None:  # the first N images may hold too few
         labels = load_mnist("train", env.data_dir)[1][: config.limit]

@@ -4,15 +4,19 @@ glibc's malloc serves blocks above its mmap threshold (128 KiB, rising with use 
 32 MiB) with a fresh ``mmap`` and gives them back on ``free``; it also trims the heap's top
 whenever more than twice that threshold lies free there. A training step allocates the same
 few-MiB activations every time (the STN's first convolution writes 4.4 MiB per step), so every
-step paid for them again as page faults. Measured on the 2-core EPYC
-(``benchmarks/allocator_bench.py``, fresh processes side by side): the STN study's stack step
-took 3,755 minor faults and 8.8 ms of kernel time, 30 % of its wall time; with a fixed high
-threshold and no trimming the same blocks are reused (33 faults, 0.2 ms) and the step runs
-1.37x faster, frozen ResNet-50 features 1.56x (fp32) and 1.38x (bf16). The numbers are
+step paid for them again as page faults, a large share of its wall time in the kernel. With a
+fixed high threshold and no trimming the same blocks are reused (the measured faults, kernel
+time and speed-ups: README, Timings; ``benchmarks/allocator_bench.py``). The numbers are
 bit-identical: only where memory comes from changes, not the arithmetic. The price is that a
-process keeps its peak heap until it exits (the STN study's peak RSS 1.3 → 1.7 GB).
+process keeps its peak heap until it exits.
 
 Only glibc has ``mallopt``; elsewhere (macOS, musl) this does nothing.
+
+Where it is applied: only in processes the tool owns — the command line (``cli.main``) and
+its ``run all --jobs`` workers — because the setting lasts for the life of the process. A
+notebook or another program that imports the library keeps glibc's defaults unless it opts
+in by calling :func:`keep_freed_memory` itself (the numbers are the same either way; only the
+speed and the process's peak memory differ).
 """
 
 from __future__ import annotations

@@ -34,8 +34,8 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def fast_cpu_bf16() -> bool:
     """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX). Without them bf16
-    autocast is emulated and ~50× slower than fp32 (measured: 0.3 vs 156 GFLOP/s on an AVX2-only
-    EPYC), so ``auto`` precision must not pick it there."""
+    autocast is emulated and far slower than fp32 (README, design decisions: measured on an
+    AVX2-only EPYC), so ``auto`` precision must not pick it there."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
             flags = next((line for line in fh if line.startswith("flags")), "")

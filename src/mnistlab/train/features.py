@@ -23,7 +23,6 @@ from mnistlab.errors import CorruptFileError, MnistlabError
 from mnistlab.io import atomic_write_bytes, atomic_write_text
 from mnistlab.progress import Progress
 from mnistlab.progress import default as default_progress
-from mnistlab.train.allocator import keep_freed_memory
 from mnistlab.train.devices import fast_cpu_bf16
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -52,8 +51,9 @@ def preprocess(images: torch.Tensor, device: torch.device, size: int = 224) -> t
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: fp16 on CUDA; bf16 on a CPU with bf16 matrix instructions (2.3× fp32 there,
-    same accuracy: README), fp32 on any other CPU (emulated bf16 is ~50× slower) and on MPS."""
+    """``auto``: fp16 on CUDA; bf16 on a CPU with bf16 matrix instructions (faster than fp32
+    there at the same accuracy: README), fp32 on any other CPU (bf16 is emulated there, far
+    slower) and on MPS."""
     if precision == "auto":
         if device.type == "cuda":
             return "fp16"
@@ -65,10 +65,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 def resolve_backend(backend: str, precision: str, device: torch.device) -> str:
     """``auto``: torch. ONNX Runtime was the fp32 CPU default while torch page-faulted its
-    activations in every batch (1.72x then); with ``train/allocator.py`` torch runs 24.3 img/s
-    against ORT's 25.3 (1.04x, ``benchmarks/onnx_bench.py``), under the 1.15x that would pay
-    for a second engine. An explicit ``onnxruntime`` stays available; one it cannot serve is
-    one clear error."""
+    activations in every batch; with ``train/allocator.py`` the two run at about the same
+    speed (README, Timings), under the gain that would pay for a second engine. An explicit
+    ``onnxruntime`` stays available; one it cannot serve is one clear error."""
     from mnistlab.train import onnx_backend
 
     if backend == "auto":
@@ -107,7 +106,6 @@ class FrozenFeatures:
     ):
         import copy
 
-        keep_freed_memory()  # 1.4x: activations were page-faulted in every batch
         self.body = copy.deepcopy(model).to(device).eval()
         self.body.requires_grad_(False)
         parent, _, attr = head_path.rpartition(".")

@@ -1,11 +1,9 @@
 """ONNX Runtime as an engine of frozen fp32 features on a CPU (the optional extra ``onnx``).
 
-Measured on the real pipeline through this module (``benchmarks/onnx_bench.py``: MNIST images,
-the fused head-less ResNet-50, batches of 64, 2 threads). It was ``auto``'s fp32 CPU engine at
-1.72x torch (23.6 against 13.7 img/s) until that gap turned out to be torch page-faulting its
-activations in every batch; with ``train/allocator.py`` torch runs 24.3 img/s against ORT's
-25.3 (1.04x, features within 1.2e-6 relative), under the 1.15x that would pay for a second
-engine, so ``auto`` is torch and this is ``--backend onnxruntime`` on request.
+It was ``auto``'s fp32 CPU engine until its advantage turned out to be torch page-faulting its
+activations in every batch; with ``train/allocator.py`` the two run at about the same speed
+with features equal to rounding (``benchmarks/onnx_bench.py``; README, Timings), so ``auto`` is
+torch and this is ``--backend onnxruntime`` on request.
 
 The fused fp32 body is exported once per (weights, input size, torch version) and kept in the
 tool cache with its digest (``io.write_verified``); a damaged file is re-exported, never used.

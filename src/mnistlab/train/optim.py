@@ -2,10 +2,10 @@
 
 ``torch.optim`` keeps one learning rate per parameter *tensor*; a stack holds K members in one
 buffer, so a grid of learning rates needs the update dispatched by hand. Adam runs PyTorch's
-fused kernel (``torch._fused_adam_``, the one behind ``Adam(fused=True)``) on each member's row
-of the buffer, one call per distinct (learning rate, L2 weight): one pass over parameters,
-gradient and moments instead of ~8 (12× faster on the 2-core CPU, bit-identical to
-``torch.optim.Adam``). L2 is Adam's *coupled* weight decay (λ·w added to the gradient, the
+fused kernel (``torch._fused_adam_``, the one behind ``Adam(fused=True)``, through
+:mod:`mnistlab.compat`) on each member's row of the buffer, one call per distinct (learning
+rate, L2 weight): one pass over parameters, gradient and moments instead of ~8, the same
+numbers as ``torch.optim.Adam``. L2 is Adam's *coupled* weight decay (λ·w added to the gradient, the
 gradient of λ/2·‖w‖²) and applies to the tensors the architecture names (weight matrices),
 which the stack lays out first in each row so that they form one contiguous slice.
 
@@ -20,6 +20,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 import torch
+
+from mnistlab import compat
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -39,8 +41,8 @@ class StackedOptimizer:
         column_scale: torch.Tensor | None = None,
     ):
         """``flat`` [K, P] parameters whose first ``n_decay`` columns take L2; per-member
-        ``lr`` and ``weight_decay``; ``column_scale`` [P] multiplies each parameter's SGD step
-        (e.g. a slower localisation network), None: 1 everywhere."""
+        ``lr`` and ``weight_decay``; ``column_scale`` [P] or [K, P] multiplies each parameter's
+        SGD step (e.g. a slower localisation network), None: 1 everywhere."""
         if kind not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {kind!r}")
         if column_scale is not None and kind != "sgd":
@@ -75,7 +77,7 @@ class StackedOptimizer:
             self.steps[k] += 1
         if self.kind == "adam":
             for kwargs, tensors in self._adam_calls(members):
-                torch._fused_adam_(*tensors, **{**kwargs, "lr": kwargs["lr"] * self.lr_factor})
+                compat.adam_step(*tensors, **{**kwargs, "lr": kwargs["lr"] * self.lr_factor})
         else:
             self._sgd(self.grad, active, everyone)
 
@@ -98,7 +100,6 @@ class StackedOptimizer:
                 if hi <= lo:
                     continue
                 tensors = [[t[k, lo:hi] for k in ks] for t in (p, g, m, v)]
-                tensors.insert(4, [])
                 tensors.append([self.steps[k] for k in ks])
                 kwargs = dict(
                     lr=lr,
@@ -106,8 +107,6 @@ class StackedOptimizer:
                     beta2=self.betas[1],
                     weight_decay=decay,
                     eps=self.eps,
-                    amsgrad=False,
-                    maximize=False,
                 )
                 calls.append((kwargs, tensors))
         self._calls[members] = calls

@@ -5,7 +5,8 @@ as-specified study's folder it is compared with.
 """
 
 from mnistlab.report.sections.common import Section, Table, published
-from mnistlab.report.sections.digits import digits, digits_best
+from mnistlab.report.sections.digits import digits
+from mnistlab.report.sections.digits_best import digits_best
 from mnistlab.report.sections.environment import environment
 from mnistlab.report.sections.fewshot import fewshot, fewshot_best
 from mnistlab.report.sections.stn import stn, stn_deform

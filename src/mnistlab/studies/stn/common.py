@@ -82,6 +82,26 @@ class STNConfig(ImageLimits):
         return min(self.score_epochs, self.epochs)
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """How an STN trains: optimizer, learning rate, its schedule over the epochs, and the
+    localisation network's step relative to the classifier's (SGD only)."""
+
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    schedule: str = "constant"  # or "cosine": annealed to 0 over the epochs
+    loc_scale: float = 1.0
+
+    def lr_scales(self) -> tuple[tuple[str, float], ...]:
+        return () if self.loc_scale == 1.0 else (("localization.", self.loc_scale),
+                                                 ("fc_loc.", self.loc_scale))  # fmt: skip
+
+
+def tutorial_recipe(cfg: STNConfig) -> Recipe:
+    """The as-specified studies' recipe: the config's optimizer and lr, constant."""
+    return Recipe(cfg.optimizer, cfg.lr)
+
+
 def acc_key(split: str, kind: str) -> str:
     """The history column of ``split`` accuracy on ``kind`` (``all``: every image)."""
     return f"{split}_acc" if kind == "all" else f"{split}_acc_{kind}"
@@ -101,19 +121,21 @@ class StudyData:
 # ------------------------------------------------------------------------------ training
 
 
-def _members(model: str, cfg: STNConfig, n_train: int) -> list[Member]:
+def _members(
+    model: str, cfg: STNConfig, n_train: int, seeds: list[int], recipe: Recipe
+) -> list[Member]:
     members = []
-    for s in range(cfg.seeds):
-        seed = cfg.seed + s
+    for seed in seeds:
         order = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed + 1))
         members.append(
             Member(
                 seed=seed,
                 state=init_stn(model == "stn", seed).state_dict(),
                 train=torch.arange(n_train),
-                lr=cfg.lr,
+                lr=recipe.lr,
                 evals={"train_eval": order[: cfg.train_eval_size]},
                 meta={"model": model, "seed": seed},
+                lr_scales=recipe.lr_scales(),
             )
         )
     return members
@@ -122,6 +144,25 @@ def _members(model: str, cfg: STNConfig, n_train: int) -> list[Member]:
 def scored_weights(out: Path, seed: int, epoch: int) -> Path:
     """Where the STN of ``seed`` is kept after a scored ``epoch`` (for the θ ablations)."""
     return out / "models" / "scored" / f"stn_seed{seed}_epoch{epoch:03d}.pt"
+
+
+def _stn_hooks(cfg: STNConfig, data: StudyData, members: list[Member], out: Path, device):
+    """(θ probe of fixed test images every epoch, the scored epochs' weights kept): what an
+    STN stack records beyond its accuracy."""
+    idx = probe_set(data.test_kinds, cfg.theta_images)
+    probe = ThetaProbe(
+        data.pool.x[data.n_train + idx], data.test_kinds[idx], data.kind_names, device
+    )
+    first_scored = cfg.epochs - cfg.scored + 1
+
+    def keep(info: EpochInfo) -> None:
+        if info.epoch >= first_scored:
+            for k, m in enumerate(members):
+                save_checkpoint(
+                    scored_weights(out, m.seed, info.epoch), {"model": info.stack.state(k)}
+                )
+
+    return probe, keep
 
 
 def train_seeds(
@@ -133,36 +174,34 @@ def train_seeds(
     out: Path,
     progress: Progress,
     description: str,
+    recipe: Recipe | None = None,
+    seeds: list[int] | None = None,
+    name: str | None = None,
 ) -> StackResult:
-    """Every seed of one model (``stn`` or ``baseline``) as one stack; the STN's θ probed
-    every epoch and its weights kept after every scored epoch."""
-    use_stn = model == "stn"
-    members = _members(model, cfg, data.n_train)
-    first_scored = cfg.epochs - cfg.scored + 1
-    probe = None
-    if use_stn:
-        idx = probe_set(data.test_kinds, cfg.theta_images)
-        probe = ThetaProbe(
-            data.pool.x[data.n_train + idx], data.test_kinds[idx], data.kind_names, device
-        )
-
-    def keep(info: EpochInfo) -> None:
-        if use_stn and info.epoch >= first_scored:
-            for k, m in enumerate(members):
-                save_checkpoint(
-                    scored_weights(out, m.seed, info.epoch), {"model": info.stack.state(k)}
-                )
+    """Every seed of one model (``stn`` or ``baseline``) as one stack — or ``seeds`` of it,
+    stored under ``name`` — with the tutorial's or another ``recipe``; the STN's θ probed every
+    epoch and its weights kept after every scored epoch."""
+    use_stn, name = model == "stn", name or model
+    recipe = recipe or tutorial_recipe(cfg)
+    seeds = seeds if seeds is not None else [cfg.seed + s for s in range(cfg.seeds)]
+    members = _members(model, cfg, data.n_train, seeds, recipe)
+    probe, keep = _stn_hooks(cfg, data, members, out, device) if use_stn else (None, None)
 
     result = train_stack(
         StackedSTN(use_stn, device),
         members,
         data.pool,
-        Schedule(epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer),
+        Schedule(
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            optimizer=recipe.optimizer,
+            lr_schedule=recipe.schedule,
+        ),
         trainable={name for name, _ in STNNet(use_stn).named_parameters()},
         device=device,
         prepare=to_input,
         shared_evals={"test": torch.arange(data.n_train, len(data.pool.y))},
-        checkpoint=out / "checkpoints" / f"{model}.pt",
+        checkpoint=out / "checkpoints" / f"{name}.pt",
         progress=progress,
         description=description,
         on_epoch=keep,
@@ -173,7 +212,7 @@ def train_seeds(
             out / "models" / f"{model}_seed{m.seed}.pt",
             {"model": state, "use_stn": use_stn, "seed": m.seed},
         )
-    runs.atomic_write_csv(out / f"history_{model}.csv", result.history)
+    runs.atomic_write_csv(out / f"history_{name}.csv", result.history)
     return result
 
 

@@ -83,7 +83,7 @@ def expanded(split: str, limit: int | None, cfg: STNDeformConfig, seed: int, dat
     return expand(images, labels, seed=seed, params=params)
 
 
-def _data(config: STNDeformConfig, data_dir: Path | str | None) -> StudyData:
+def study_data(config: STNDeformConfig, data_dir: Path | str | None) -> StudyData:
     """Training then test images (the expansions are cached) and the number of training ones."""
     train = expanded("train", config.limit_train, config, config.deform_seed, data_dir)
     test = expanded("test", config.limit_test, config, config.deform_seed + 1, data_dir)
@@ -104,7 +104,7 @@ def cells(
     progress: Progress | None,
 ) -> list[Cell]:
     """The study's cells (module level: a worker process may build them to run one)."""
-    return model_cells(config, out, partial(_data, config, data_dir), device, progress, STUDY)
+    return model_cells(config, out, partial(study_data, config, data_dir), device, progress, STUDY)
 
 
 def run(
@@ -123,7 +123,7 @@ def _compute(config: STNDeformConfig, run_: StudyRun) -> dict:
     t_start = time.perf_counter()
     run_.progress.message(f"{STUDY}: building the expanded train and test sets (cached)")
     t0 = time.perf_counter()
-    data = _data(config, run_.data_dir)  # built (and cached) before the cells, which read it
+    data = study_data(config, run_.data_dir)  # built (and cached) before the cells, which read it
     expand_seconds = time.perf_counter() - t0
     run_.executor.run(cells(config, out, run_.data_dir, device, run_.cell_progress), root=out)
     results = load_cells(config, out)
@@ -147,7 +147,7 @@ def _compute(config: STNDeformConfig, run_: StudyRun) -> dict:
         "models": models,
         "theta_by_seed": theta,
         "magnification": _magnification(results["stn"], config),
-        **_final_theta(out, results["stn"], data, config, device),
+        **final_theta(out, results["stn"], data, config, device),
         "ablation": ablations(config, out, data, device),
         "zoom_factor": config.zoom_factor,
         "sigma": config.sigma,
@@ -164,7 +164,7 @@ def _magnification(result, config: STNDeformConfig) -> dict[str, Any]:
     return {"per_seed": per_seed, "full_undo": config.zoom_factor}
 
 
-def _final_theta(out: Path, result, data: StudyData, config, device) -> dict[str, Any]:
+def final_theta(out: Path, result, data: StudyData, config, device) -> dict[str, Any]:
     """Every seed's final STN on every test image: its θ statistics per kind and example
     warps (one row per seed and kind), and the first seed's θ-scale histogram."""
     from mnistlab.figures import stn as figures

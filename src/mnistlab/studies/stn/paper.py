@@ -5,13 +5,19 @@ Jaderberg et al. 2015, Table 1, report % test error on four distortions of MNIST
 (``models/paper_stn.py``). This study trains both on each distortion, every seed of a model as
 one stack of the training engine (a seed gives both models the same initial draw stream and
 batch order, so seeds pair them), and scores each on the distortion's fixed test set.
-Nothing is chosen on test data: the schedule is fixed in advance (``BUDGETS``) and the last
-epoch's weights are the ones scored.
 
-Budgets: ``paper`` is the appendix's schedule (SGD, batch 256, lr 0.01 divided by 10 every 50k
-of 150k iterations — 640 epochs of 60k images, a GPU's job); ``cpu`` is what fits this
-project's 2-core CPU (see ``BUDGETS`` and the README for how its learning rate was chosen on a
-validation split of the training images, ``benchmarks/stn_paper_pilot.py``).
+A fair comparison gives both models the same search, not the same settings: per distortion,
+each model's learning rate — and the ST-CNN's localisation-network step scale — are chosen on
+a validation split of the *distorted training images* (the last ``val_size`` of them; the
+search trains on the first ``search_train``), the last epoch's validation error deciding as
+the last epoch's test error is what is reported. The test set is never read before the
+chosen models are scored once per epoch. RTS's 42×42 canvas is seen at half resolution, as the
+public reproductions do (``models/paper_stn.py``).
+
+Budgets: ``paper`` is the appendix's schedule (SGD, batch 256, lr ÷ 10 every 50k of 150k
+iterations — 640 epochs of 60k images, a GPU's job; momentum 0.9 as in the Caffe solver of
+daerduoCarey/SpatialTransformerLayer, ``examples/mnist_tests/*/solver.prototxt``); ``cpu`` is
+what fits this project's 2-core CPU (README, design decisions: how it maps onto the paper's).
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from mnistlab.progress import default as default_progress
 from mnistlab.stats import mean_ci
 from mnistlab.studies.opening import Env, StudyRun, open_run
 from mnistlab.studies.stn.common import correct_on
-from mnistlab.studies.stn.theta import decompose_theta, thetas_and_outputs
+from mnistlab.studies.stn.theta import decompose_theta, thetas_and_outputs, undoing
 from mnistlab.train.checkpoint import load_checkpoint, save_checkpoint
 from mnistlab.train.engine import Member, Pool, Schedule, StackResult, train_stack
 from mnistlab.train.evaluate import solo
@@ -68,13 +74,15 @@ class Budget:
         )
 
 
-# paper: 150k iterations × 256 images = 640 epochs of 60k, lr ÷ 10 after 50k and 100k (A.1)
+# paper: 150k iterations × 256 images = 640 epochs of 60k, lr ÷ 10 after 50k and 100k (A.1);
+# momentum 0.9 as in the reproductions' Caffe solver. ``lr`` is the default of the search grid.
 BUDGETS = {
     "cpu": Budget(epochs=4, batch_size=64, lr=0.01, momentum=0.9, lr_schedule="cosine"),
     "paper": Budget(
-        epochs=640, batch_size=256, lr=0.01, momentum=0.0, lr_schedule="steps", lr_drops=(213, 427)
+        epochs=640, batch_size=256, lr=0.01, momentum=0.9, lr_schedule="steps", lr_drops=(213, 427)
     ),
 }
+LOC = ("localization.", "fc_loc.")  # the localisation network's parameter names
 PAPER_IMAGES = 150_000 * 256  # training images the paper's schedule shows each model
 
 
@@ -94,6 +102,19 @@ class STNPaperConfig(ImageLimits):
     data_seed: int = option(
         0, "seed of the distortions (train and test)", cli="", lo=0, hi=SEED_MAX
     )
+    lr_grid: tuple[float, ...] = option(
+        (0.005, 0.01, 0.02), "learning rates searched (both models)", lo=0, hi=10, open_lo=True
+    )
+    loc_scales: tuple[float, ...] = option(
+        (1.0, 0.1, 0.01), "ST-CNN localisation step scales searched", lo=0, hi=10, open_lo=True
+    )
+    search_train: int = option(
+        30_000, "distorted training images the search trains on", lo=1, hi=10**7
+    )
+    val_size: int = option(
+        10_000, "the last N distorted training images: the search's validation set", lo=1, hi=10**7
+    )
+    rts_half: bool = option(True, "RTS at half resolution, as the reproductions", cli="")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -117,95 +138,153 @@ def distorted(kind: str, split: str, limit: int | None, data_seed: int, data_dir
     return distort(images, labels, kind, data_seed, split)
 
 
-def members(kind: str, model: str, seeds: range, lr: float, n_train: int) -> list[Member]:
-    """One member per seed: the paper's net for ``kind``'s image size, drawn from the seed,
-    trained on the pool's first ``n_train`` images."""
+def half(cfg: STNPaperConfig, kind: str) -> bool:
+    return cfg.rts_half and SIZES[kind] > 28
+
+
+def members(
+    cfg: STNPaperConfig,
+    kind: str,
+    model: str,
+    recipes: list[tuple[int, float, float]],
+    train: torch.Tensor,
+    evals: dict[str, torch.Tensor] | None = None,
+) -> list[Member]:
+    """One member per (seed, lr, localisation scale): the paper's net for ``kind`` drawn
+    from the seed, trained on the pool items ``train``."""
     use_stn, size = model == "st-cnn", SIZES[kind]
     return [
         Member(
             seed=s,
-            state=init_paper_net(use_stn, size, s).state_dict(),
-            train=torch.arange(n_train),
+            state=init_paper_net(use_stn, size, s, half(cfg, kind)).state_dict(),
+            train=train,
             lr=lr,
-            meta={"distortion": kind, "model": model, "seed": s, "lr": lr},
+            evals=evals or {},
+            meta={"distortion": kind, "model": model, "seed": s, "lr": lr, "loc_scale": scale},
+            lr_scales=tuple((prefix, scale) for prefix in LOC) if scale != 1.0 else (),
         )
-        for s in seeds
+        for s, lr, scale in recipes
     ]
 
 
 def train_model(
+    cfg: STNPaperConfig,
     kind: str,
     model: str,
     group: list[Member],
-    schedule: Schedule,
     pool: Pool,
-    n_train: int,
+    shared: dict[str, torch.Tensor],
     *,
     device: torch.device,
     checkpoint: Path | None,
     progress: Progress,
-    loc_lr_scale: float = 1.0,
+    what: str = "",
 ) -> StackResult:
-    """``group`` (one model on one distortion) as one stack. ``pool`` holds the training
-    images first (``n_train``), then the images scored after each epoch (``test``)."""
+    """``group`` (one model on one distortion) as one stack, scored after each epoch on the
+    ``shared`` evaluation sets (indices into ``pool``)."""
     use_stn = model == "st-cnn"
     return train_stack(
-        StackedPaperNet(use_stn, device, loc_lr_scale),
+        StackedPaperNet(use_stn, device, half=half(cfg, kind)),
         group,
         pool,
-        schedule,
+        cfg.plan.schedule(cfg.epochs_run),
         trainable={n for n, _ in PaperNet(use_stn, SIZES[kind]).named_parameters()},
         device=device,
         prepare=to_input,
-        shared_evals={"test": torch.arange(n_train, len(pool.y))},
+        shared_evals=shared,
         checkpoint=checkpoint,
         progress=progress,
-        description=f"stn-paper {kind}: {model} × {len(group)}",
+        description=f"stn-paper {kind}: {model} × {len(group)}{what}",
     )
 
 
-def _cell(cfg: STNPaperConfig, out: Path, kind: str, model: str, env: StudyRun) -> Cell:
-    """Train one (distortion, model) pair and store its weights, histories and which test
-    images each seed gets right (for the report's tests)."""
+def grid(cfg: STNPaperConfig, model: str) -> list[tuple[float, float]]:
+    """The search's (lr, localisation scale) pairs: the same lrs for both models, and for the
+    ST-CNN each with every scale."""
+    scales = cfg.loc_scales if model == "st-cnn" else (1.0,)
+    return [(lr, scale) for lr in cfg.lr_grid for scale in scales]
+
+
+def search(cfg, kind: str, model: str, train: Distorted, out: Path, device, progress) -> dict:
+    """Every grid point trained on the first ``search_train`` distorted training images and
+    scored on the last ``val_size`` (one seed, the budget's schedule); the choice: the lowest
+    last-epoch validation error (ties: the earlier grid point). Test images are not read."""
+    n = len(train)
+    val_size = min(cfg.val_size, n // 2)
+    fit = torch.arange(min(cfg.search_train, n - val_size))
+    val = torch.arange(n - val_size, n)
+    points = grid(cfg, model)
+    group = members(cfg, kind, model, [(cfg.seed, lr, sc) for lr, sc in points], fit)
+    res = train_model(
+        cfg, kind, model, group, Pool(train.images, train.labels), {"val": val},
+        device=device, checkpoint=out / "checkpoints" / f"search_{kind}_{model}.pt",
+        progress=progress, what=" (search)",
+    )  # fmt: skip
+    table = [
+        {"lr": lr, "loc_scale": sc, "val_error": 1 - res.rows(i)[-1]["val_acc"]}
+        for i, (lr, sc) in enumerate(points)
+    ]
+    best = min(range(len(table)), key=lambda i: (table[i]["val_error"], i))
+    return {"grid": table, "chosen": table[best], "n_fit": len(fit), "n_val": len(val)}
+
+
+def _final(cfg, kind, model, chosen, train, test, out, device, progress) -> dict:
+    """Every seed with the chosen recipe on all training images, scored on the test set after
+    each epoch; weights and per-image correctness (McNemar) kept."""
+    pool = Pool(torch.cat([train.images, test.images]), torch.cat([train.labels, test.labels]))
+    recipe = [(cfg.seed + i, chosen["lr"], chosen["loc_scale"]) for i in range(cfg.seeds)]
+    res = train_model(
+        cfg, kind, model, members(cfg, kind, model, recipe, torch.arange(len(train))), pool,
+        {"test": torch.arange(len(train), len(pool.y))}, device=device,
+        checkpoint=out / "checkpoints" / f"{kind}_{model}.pt", progress=progress,
+    )  # fmt: skip
+    correct = []
+    for i, state in enumerate(res.states):
+        save_checkpoint(_weights(out, kind, model, cfg.seed + i), {"model": state})
+        net = solo(PaperNet(model == "st-cnn", SIZES[kind], half(cfg, kind)), state).to(device)
+        correct.append(correct_on(net, test.images, test.labels, device))
+    runs.atomic_write_csv(out / f"history_{kind}_{model}.csv", res.history)
+    rows = [res.rows(i) for i in range(len(res.states))]
+    return {
+        "test_acc_by_epoch": [[r["test_acc"] for r in h] for h in rows],
+        "train_acc_by_epoch": [[r["train_acc"] for r in h] for h in rows],
+        "test_correct_by_seed": correct,
+        "seconds": res.seconds,
+    }
+
+
+def cells(
+    config: STNPaperConfig,
+    out: Path,
+    data_dir: Path | str | None,
+    device: torch.device,
+    progress: Progress | None,
+) -> list[Cell]:
+    """One cell per (distortion, model): its search, then its seeds with the chosen recipe.
+    Module level, so a worker process can build them and run one (``run all --jobs``)."""
+    todo = [(k, m) for k in config.distortions for m in MODELS]
+    return [_cell(config, out, k, m, data_dir, device, progress) for k, m in todo]
+
+
+def _cell(cfg, out: Path, kind: str, model: str, data_dir, device, progress) -> Cell:
     path = out / "cells" / f"{kind}_{model}.json"
+    chosen_path = out / "search" / f"{kind}_{model}.json"
 
     def run_cell() -> None:
-        train = distorted(kind, "train", cfg.limit_train, cfg.data_seed, env.data_dir)
-        test = distorted(kind, "test", cfg.limit_test, cfg.data_seed, env.data_dir)
-        pool = Pool(torch.cat([train.images, test.images]), torch.cat([train.labels, test.labels]))
-        seeds = range(cfg.seed, cfg.seed + cfg.seeds)
-        res = train_model(
-            kind,
-            model,
-            members(kind, model, seeds, cfg.plan.lr, len(train)),
-            cfg.plan.schedule(cfg.epochs_run),
-            pool,
-            len(train),
-            device=env.device,
-            checkpoint=out / "checkpoints" / f"{kind}_{model}.pt",
-            progress=env.cell_progress or default_progress(),
-        )
-        correct = []
-        for i, state in enumerate(res.states):
-            save_checkpoint(_weights(out, kind, model, cfg.seed + i), {"model": state})
-            net = solo(PaperNet(model == "st-cnn", SIZES[kind]), state).to(env.device)
-            correct.append(correct_on(net, test.images, test.labels, env.device))
-        runs.atomic_write_csv(out / f"history_{kind}_{model}.csv", res.history)
-        rows = [res.rows(i) for i in range(len(res.states))]
-        runs.write_json(
-            path,
-            {
-                "test_acc_by_epoch": [[r["test_acc"] for r in h] for h in rows],
-                "train_acc_by_epoch": [[r["train_acc"] for r in h] for h in rows],
-                "test_correct_by_seed": correct,
-                "seconds": res.seconds,
-                "where": host_info(),
-            },
-        )
+        bar = progress or default_progress()
+        train = distorted(kind, "train", cfg.limit_train, cfg.data_seed, data_dir)
+        if not chosen_path.is_file():
+            runs.write_json(chosen_path, search(cfg, kind, model, train, out, device, bar))
+        chosen = runs.read_finished(chosen_path)["chosen"]
+        test = distorted(kind, "test", cfg.limit_test, cfg.data_seed, data_dir)
+        result = _final(cfg, kind, model, chosen, train, test, out, device, bar)
+        runs.write_json(path, {**result, "chosen": chosen, "where": host_info()})
 
+    cost = {"cnn": 1.0, "st-cnn": 3.0}[model] * (0.5 if half(cfg, kind) else 1.0)
     return Cell(
-        f"{kind}-{model}", run_cell, done=path.is_file, gpus=float(env.device.type == "cuda")
-    )
+        f"{kind}-{model}", run_cell, done=path.is_file, gpus=float(device.type == "cuda"),
+        weight=cost,
+    )  # fmt: skip
 
 
 def _weights(out: Path, kind: str, model: str, seed: int) -> Path:
@@ -222,22 +301,18 @@ def _compute(config: STNPaperConfig, run_: StudyRun) -> dict[str, Any]:
     from mnistlab.figures import stn_paper as figures
 
     t0 = time.perf_counter()
-    cells = [_cell(config, run_.out, k, m, run_) for k in config.distortions for m in MODELS]
-    run_.executor.run(cells, root=run_.out)
+    out = run_.out
+    run_.executor.run(cells(config, out, run_.data_dir, run_.device, run_.cell_progress), root=out)
     results, thetas, digests, n_test, shown = {}, {}, {}, {}, {}
     for kind in config.distortions:
         test = distorted(kind, "test", config.limit_test, config.data_seed, run_.data_dir)
         digests[kind], n_test[kind] = test.digest(), len(test)
-        cells_ = {m: runs.read_finished(run_.out / "cells" / f"{kind}_{m}.json") for m in MODELS}
+        cells_ = {m: runs.read_finished(out / "cells" / f"{kind}_{m}.json") for m in MODELS}
         results[kind] = {m: _summary(c) for m, c in cells_.items()}
-        seeds = [_theta_of(run_, kind, config.seed + i, test) for i in range(config.seeds)]
-        theta, warped = seeds[0]
-        thetas[kind], learned = undoing(decompose_theta(theta), test.params)
-        thetas[kind]["theta_sd_by_seed"] = [float(t.reshape(-1, 6).std(0).max()) for t, _ in seeds]
-        shown[kind] = (test.images[:8].numpy(), warped[:8].numpy(), learned)
-    figures.examples(run_.out, {k: v[:2] for k, v in shown.items()})
-    figures.learned_vs_drawn(run_.out, {k: v[2] for k, v in shown.items()})
-    figures.error_curves(run_.out, results)
+        thetas[kind], shown[kind] = _theta_summary(run_, config, kind, test)
+    figures.examples(out, {k: v[:2] for k, v in shown.items()})
+    figures.learned_vs_drawn(out, {k: v[2] for k, v in shown.items()})
+    figures.error_curves(out, results)
     n_train = min(config.limit_train or sum(COUNTS["train"]), sum(COUNTS["train"]))
     return {
         "distortions": list(config.distortions),
@@ -248,16 +323,40 @@ def _compute(config: STNPaperConfig, run_: StudyRun) -> dict[str, Any]:
         "n_train": n_train,
         "n_test": n_test,
         "budget": _budget(config, n_train),
+        "rts_half": config.rts_half,
+        "search": {"lr_grid": list(config.lr_grid), "loc_scales": list(config.loc_scales)},
         "device": str(run_.device),
         "wall_seconds": time.perf_counter() - t0,
     }
 
 
-def _theta_of(run_: StudyRun, kind: str, seed: int, test: Distorted):
-    """(θ of every test image, the warped images) of one seed's ST-CNN."""
+def _theta_summary(run_: StudyRun, config: STNPaperConfig, kind: str, test: Distorted):
+    """The first seed's θ against what was drawn, and every seed's θ spread and active
+    localisation units (a localisation network whose ReLUs all died outputs one fixed θ)."""
+    nets = [_st_cnn(run_, config, kind, config.seed + i) for i in range(config.seeds)]
+    seeds = [thetas_and_outputs(net, test.images, run_.device) for net in nets]
+    theta, warped = seeds[0]
+    stats, learned = undoing(decompose_theta(theta), test.params)
+    stats["theta_sd_by_seed"] = [float(t.reshape(-1, 6).std(0).max()) for t, _ in seeds]
+    probe = test.images[:2000]
+    stats["active_units_by_seed"] = [_active_units(net, probe, run_.device) for net in nets]
+    stats["hidden_units"] = nets[0].fc_loc[0].out_features
+    return stats, (test.images[:8].numpy(), warped[:8].numpy(), learned)
+
+
+def _st_cnn(run_: StudyRun, config: STNPaperConfig, kind: str, seed: int) -> PaperNet:
     state = load_checkpoint(_weights(run_.out, kind, "st-cnn", seed))["model"]
-    net = solo(PaperNet(True, SIZES[kind]), state).to(run_.device)
-    return thetas_and_outputs(net, test.images, run_.device)
+    return solo(PaperNet(True, SIZES[kind], half(config, kind)), state).to(run_.device)
+
+
+@torch.no_grad()
+def _active_units(net: PaperNet, images: torch.Tensor, device: torch.device) -> int:
+    """Hidden ReLUs of the localisation network that fire on at least one of ``images``."""
+    x = to_input(images, device)
+    if net.half:
+        x = torch.nn.functional.max_pool2d(x, 2)
+    h = net.localization(net.normalise(x)).flatten(1)
+    return int((torch.relu(net.fc_loc[0](h)) > 0).any(0).sum())
 
 
 def _budget(config: STNPaperConfig, n_train: int) -> dict[str, Any]:
@@ -275,46 +374,10 @@ def _budget(config: STNPaperConfig, n_train: int) -> dict[str, Any]:
     }
 
 
-def _wrap(deg: torch.Tensor) -> torch.Tensor:
-    return torch.remainder(deg + 180.0, 360.0) - 180.0
-
-
-def _residual(drawn: torch.Tensor, residual: torch.Tensor, learned: torch.Tensor) -> dict:
-    """How much of a drawn distortion the transformer takes back: the spread of what is left
-    after it (``residual``) against the spread drawn (1 − ratio: the share undone; 0 when the
-    transformer ignores it, 1 when it takes every image back to one pose)."""
-    d, r = drawn.double(), residual.double()
-    corr = float(torch.corrcoef(torch.stack([learned.double(), d]))[0, 1])
-    return {
-        "drawn_sd": float(d.std()),
-        "residual_sd": float(r.std()),
-        "undone": 1.0 - float(r.std() / d.std()),
-        "corr_learned_drawn": corr if np.isfinite(corr) else 0.0,
-    }
-
-
-def undoing(parts: dict[str, torch.Tensor], drawn: dict[str, torch.Tensor]):
-    """θ statistics against what was drawn per test image: rotation (R, RTS) and scale (RTS,
-    P, E). θ maps output to input, so undoing a drawn rotation of +a needs a learned rotation
-    of −a (residual a + learned) and undoing a drawn scale s needs a θ scale ∝ s (residual
-    log θ-scale − log s). Returns (statistics, per-image learned/drawn for the figure)."""
-    iso = torch.sqrt(parts["scale_x"].abs() * parts["scale_y"].abs())
-    stats: dict[str, Any] = {"mean_scale": float(iso.mean())}
-    points: dict[str, Any] = {}
-    if "angle_deg" in drawn:
-        a, learned = drawn["angle_deg"], parts["rotation_deg"]
-        stats["rotation"] = _residual(a, _wrap(a + learned), learned)
-        points["rotation"] = (a.numpy(), learned.numpy())
-    if "scale" in drawn:
-        s = drawn["scale"]
-        stats["scale"] = _residual(s.log(), iso.log() - s.log(), iso.log())
-        points["scale"] = (s.numpy(), iso.numpy())
-    return stats, points
-
-
 def _summary(cell: dict[str, Any]) -> dict[str, Any]:
     final = [h[-1] for h in cell["test_acc_by_epoch"]]
     return {
+        "chosen": cell["chosen"],
         "test_error": mean_ci([1 - a for a in final]),
         "per_seed_test_error": [1 - a for a in final],
         "test_correct_by_seed": cell["test_correct_by_seed"],

@@ -112,6 +112,46 @@ def thetas_and_outputs(
     return thetas, (warped.squeeze(1).clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+# ------------------------------------------------------------------ θ against what was drawn
+
+
+def _wrap(deg: torch.Tensor) -> torch.Tensor:
+    return torch.remainder(deg + 180.0, 360.0) - 180.0
+
+
+def _residual(drawn: torch.Tensor, residual: torch.Tensor, learned: torch.Tensor) -> dict:
+    """How much of a drawn distortion the transformer takes back: the spread of what is left
+    after it (``residual``) against the spread drawn (1 − ratio: the share undone; 0 when the
+    transformer ignores it, 1 when it takes every image back to one pose)."""
+    d, r = drawn.double(), residual.double()
+    corr = float(torch.corrcoef(torch.stack([learned.double(), d]))[0, 1])
+    return {
+        "drawn_sd": float(d.std()),
+        "residual_sd": float(r.std()),
+        "undone": 1.0 - float(r.std() / d.std()),
+        "corr_learned_drawn": corr if math.isfinite(corr) else 0.0,
+    }
+
+
+def undoing(parts: dict[str, torch.Tensor], drawn: dict[str, torch.Tensor]):
+    """θ statistics against what was drawn per test image: rotation (R, RTS) and scale (RTS,
+    P, E). θ maps output to input, so undoing a drawn rotation of +a needs a learned rotation
+    of −a (residual a + learned) and undoing a drawn scale s needs a θ scale ∝ s (residual
+    log θ-scale − log s). Returns (statistics, per-image learned/drawn for the figure)."""
+    iso = torch.sqrt(parts["scale_x"].abs() * parts["scale_y"].abs())
+    stats: dict[str, Any] = {"mean_scale": float(iso.mean())}
+    points: dict[str, Any] = {}
+    if "angle_deg" in drawn:
+        a, learned = drawn["angle_deg"], parts["rotation_deg"]
+        stats["rotation"] = _residual(a, _wrap(a + learned), learned)
+        points["rotation"] = (a.numpy(), learned.numpy())
+    if "scale" in drawn:
+        s = drawn["scale"]
+        stats["scale"] = _residual(s.log(), iso.log() - s.log(), iso.log())
+        points["scale"] = (s.numpy(), iso.numpy())
+    return stats, points
+
+
 # ------------------------------------------------------------------ θ every epoch
 
 

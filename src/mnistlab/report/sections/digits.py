@@ -137,7 +137,7 @@ def _dropout(sec: Section, do: dict, folder: Path) -> None:
     gap = mean_ci(_per_seed(base, "gap_acc_at_best"))
     sec.paragraphs.append(
         f"Overfitting: at its best epoch the tuned model without dropout has a train–validation "
-        f"accuracy gap of {pm(gap)} points (over {count(len(base), 'seed')})."
+        f"accuracy gap of {pm(gap, unit=' points')} (over {count(len(base), 'seed')})."
     )
     sec.tables.append(_dropout_table(by))
     sec.figures += fig(folder / "dropout", "curves", "Learning curves per dropout rate, first seed")

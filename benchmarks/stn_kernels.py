@@ -22,7 +22,10 @@ def step_ms(use_stn: bool, k: int = 3, steps: int = 150, profile: bool = False) 
     import torch
 
     from mnistlab.models.stn import StackedSTN, STNNet, init_stn, to_input
+    from mnistlab.train.allocator import keep_freed_memory
     from mnistlab.train.engine import Member, Pool, Schedule, train_stack
+
+    keep_freed_memory()  # as the tool's processes do (the library alone no longer sets it)
 
     cpu = torch.device("cpu")
     g = torch.Generator().manual_seed(0)

@@ -243,3 +243,18 @@ def test_a_study_run_alone_uses_both_cores_with_the_numbers_of_run_all(tmp_path,
     for key in ("per_seed_primary", "per_seed_final", "curves_by_seed"):
         assert ours["models"]["stn"][key] == theirs["models"]["stn"][key], key
     assert ours["ablation"] == theirs["ablation"]
+
+
+def test_cells_that_need_others_are_shared_out_wave_by_wave(tmp_path, mnist, tmp_cache):
+    """stn-best: its search first (one worker), then its two stacks of seeds side by side in
+    two workers — a cell that needs another is delegated once that one is done."""
+    cfg = registry.profile_configs("tiny", 0, "cpu", "best", ("stn-best",))["stn-best"]
+    settings = suite.Settings(tmp_path)
+    job = suite._job("stn-best", cfg, settings, "tiny")
+    parallel.run_jobs(
+        [job], suite._run_job, workers=2, progress=Progress(), on_result=lambda *a: None
+    )
+    folder = runs.run_dir(tmp_path, "stn-best", cfg)
+    assert runs.is_complete(folder) and (folder / "search.json").is_file()
+    pids = {runs.read_json(folder / "cells" / f"stn-{i}.json")["where"]["pid"] for i in (0, 1)}
+    assert len(pids) == 2  # the second stack ran in the other worker

@@ -217,8 +217,7 @@ def _call(fn, *args) -> None:
 # ------------------------------------------------------------------ the operators
 
 
-@torch.library.custom_op("mnistlab::conv_pool_relu", mutates_args=())
-def _forward(
+def forward_impl(
     x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, scale: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(pooled output [K, B, Co, hp, hp], window codes uint8 of the same shape)."""
@@ -233,6 +232,9 @@ def _forward(
     return out, code
 
 
+_forward = torch.library.custom_op("mnistlab::conv_pool_relu", mutates_args=())(forward_impl)
+
+
 @_forward.register_fake
 def _(x, w, b, scale):
     k, n, _, h, _ = x.shape
@@ -241,8 +243,7 @@ def _(x, w, b, scale):
     return x.new_empty(shape), x.new_empty(shape, dtype=torch.uint8)
 
 
-@torch.library.custom_op("mnistlab::conv_pool_relu_backward", mutates_args=())
-def _backward(
+def backward_impl(
     x: torch.Tensor,
     w: torch.Tensor,
     scale: torch.Tensor | None,
@@ -261,6 +262,11 @@ def _backward(
         library().cpr_backward, *ptrs, k, n, cin, co, h, ks, gw.data_ptr(), gb.data_ptr(), _ptr(gx)
     )
     return gw, gb, gx
+
+
+_backward = torch.library.custom_op("mnistlab::conv_pool_relu_backward", mutates_args=())(
+    backward_impl
+)
 
 
 @_backward.register_fake
@@ -285,15 +291,15 @@ _forward.register_autograd(_autograd, setup_context=_setup)
 
 
 class _Eager(torch.autograd.Function):
-    """The eager training path: the same two operators (their checks and C calls), wired to
-    autograd directly — the registered autograd formula costs about 30 µs more per block in
-    custom_op's Python wrappers, several percent of an STN step. Inside ``forward`` autograd
-    is off, so the operator's own autograd registration (for direct callers, ``opcheck`` and
-    ``torch.compile``) is not used twice."""
+    """The eager training path: the two operators' implementations — their checks and C calls,
+    the very functions registered — wired to autograd directly. Through the dispatcher each
+    call pays custom_op's Python wrappers (about 30 µs, and as much again for the registered
+    autograd), several percent of an STN step; ``opcheck``, meta tensors and ``torch.compile``
+    go through the registered operators."""
 
     @staticmethod
     def forward(ctx, x, w, b, scale):
-        out, code = _FORWARD_OP(x, w, b, scale)
+        out, code = forward_impl(x, w, b, scale)
         ctx.save_for_backward(x, w, scale, code)
         return out
 
@@ -301,12 +307,8 @@ class _Eager(torch.autograd.Function):
     def backward(ctx, grad):
         x, w, scale, code = ctx.saved_tensors
         need = ctx.needs_input_grad[0]
-        gw, gb, gx = _BACKWARD_OP(x, w, scale, code, grad.contiguous(), need)
+        gw, gb, gx = backward_impl(x, w, scale, code, grad.contiguous(), need)
         return (gx if need else None), gw, gb, None
-
-
-_FORWARD_OP = torch.ops.mnistlab.conv_pool_relu.default
-_BACKWARD_OP = torch.ops.mnistlab.conv_pool_relu_backward.default
 
 
 def conv_pool_relu(

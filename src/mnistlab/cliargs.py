@@ -250,32 +250,46 @@ def common(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _device_help() -> str:
+    from mnistlab.config import DEVICES
+
+    return f"one of {', '.join(DEVICES)}, or cuda:N (default: auto)"
+
+
 def add_run(sub, run: Callable, run_all: Callable) -> None:
     """``mnistlab run STUDY`` (options from each config) and ``mnistlab run all``."""
     from mnistlab import registry
-    from mnistlab.config import DEVICES
 
-    device_help = f"one of {', '.join(DEVICES)}, or cuda:N (default: auto)"
     cmd = sub.add_parser("run", help="run a study (results/<study>/<config-hash>/)")
     rsub = cmd.add_subparsers(dest="study", required=True, parser_class=Parser)
     for name, study in registry.STUDIES.items():
-        p = rsub.add_parser(name, help=study.help)
-        add_config_options(p, study.config, skip=("device",))
-        for group in study.options:
-            OPTION_GROUPS[group].add(p)
-        p.add_argument("--device", default="auto", help=device_help)
-        if study.cells_path is not None:
-            p.add_argument(
-                "--jobs",
-                type=parse_jobs,
-                default="auto",
-                metavar="N",
-                help="worker processes for the study's independent cells (one thread each on a "
-                "2-core CPU, as in run all); auto: 2 on a CPU with 2+ cores (default: auto)",
-            )
-        common(p)
-        p.set_defaults(func=run)
-    a = rsub.add_parser("all", help="every study with one profile, then the report")
+        _study_parser(rsub.add_parser(name, help=study.help), study, run)
+    _run_all_parser(rsub.add_parser("all", help="every study with one profile, then the report"))
+    rsub.choices["all"].set_defaults(func=run_all, study="all")
+
+
+def _study_parser(p: argparse.ArgumentParser, study: Any, run: Callable) -> None:
+    """One study's options: its config's fields, its option groups, device and workers."""
+    add_config_options(p, study.config, skip=("device",))
+    for group in study.options:
+        OPTION_GROUPS[group].add(p)
+    p.add_argument("--device", default="auto", help=_device_help())
+    if study.cells_path is not None:
+        p.add_argument(
+            "--jobs",
+            type=parse_jobs,
+            default="auto",
+            metavar="N",
+            help="worker processes for the study's independent cells (one thread each on a "
+            "2-core CPU, as in run all); auto: 2 on a CPU with 2+ cores (default: auto)",
+        )
+    common(p)
+    p.set_defaults(func=run)
+
+
+def _run_all_parser(a: argparse.ArgumentParser) -> None:
+    from mnistlab import registry
+
     a.add_argument(
         "--profile",
         choices=registry.PROFILES,
@@ -297,7 +311,7 @@ def add_run(sub, run: Callable, run_all: Callable) -> None:
         help="also run this opt-in study (repeatable; default: none)",
     )
     a.add_argument("--seed", type=parse_int, default=0, help="master seed (default: 0)")
-    a.add_argument("--device", default="auto", help=device_help)
+    a.add_argument("--device", default="auto", help=_device_help())
     a.add_argument(
         "--jobs",
         type=parse_jobs,
@@ -307,4 +321,3 @@ def add_run(sub, run: Callable, run_all: Callable) -> None:
         "2 on a CPU with 2+ cores, 1 on a GPU or with --executor ray (default: auto)",
     )
     common(a)
-    a.set_defaults(func=run_all, study="all")

@@ -59,40 +59,40 @@ def write_all(out: Path | str) -> None:
         v: runs.read_json(p) for v in _ORDER if (p := out / "transfer" / f"{v}.json").is_file()
     }
     if variants:
-        rows = []
-        for v, r in variants.items():
-            s = r["summary"]
-            rows.append(
-                {
-                    "variant": v,
-                    "label": r["label"],
-                    "test_precision": s["test_precision"][0],
-                    "test_precision_ci95": s["test_precision"][1],
-                    "test_acc": s["test_acc"][0],
-                    "test_acc_ci95": s["test_acc"][1],
-                    "seconds": s["seconds"][0],
-                    "seconds_ci95": s["seconds"][1],
-                    "best_epoch": s["best_epoch"][0],
-                    "epochs_run": s["epochs_run"][0],
-                    "seeds": len(r["seeds"]),
-                }
-            )
+        rows = [_table_row(v, r) for v, r in variants.items()]
         runs.atomic_write_csv(out / "transfer" / "table.csv", rows)
-        fig, ax = plt.subplots(figsize=(8, 4))
-        names = [r["label"] for r in rows]
-        ax.bar(
-            range(len(rows)),
-            [100 * r["test_acc"] for r in rows],
-            yerr=[100 * r["test_acc_ci95"] for r in rows],
-            capsize=4,
-            color="#4c72b0",
-        )
-        ax.set_xticks(range(len(rows)), names, rotation=20, ha="right", fontsize=8)
-        lo = min(100 * (r["test_acc"] - r["test_acc_ci95"]) for r in rows)
-        ax.set_ylim(max(0, lo - 5), 100)
-        ax.set_ylabel("test accuracy on digits 5–9 (%)")
-        ax.set_title(
-            f"Transfer with {variants[next(iter(variants))]['n_train']} images "
-            "(mean ± 95% CI over seeds)"
-        )
-        save_figure(fig, out / "transfer" / "bars")
+        _transfer_bars(out, rows, variants[next(iter(variants))]["n_train"])
+
+
+def _table_row(v: str, r: dict) -> dict:
+    s = r["summary"]
+    return {
+        "variant": v,
+        "label": r["label"],
+        "test_precision": s["test_precision"][0],
+        "test_precision_ci95": s["test_precision"][1],
+        "test_acc": s["test_acc"][0],
+        "test_acc_ci95": s["test_acc"][1],
+        "seconds": s["seconds"][0],
+        "seconds_ci95": s["seconds"][1],
+        "best_epoch": s["best_epoch"][0],
+        "epochs_run": s["epochs_run"][0],
+        "seeds": len(r["seeds"]),
+    }
+
+
+def _transfer_bars(out: Path, rows: list[dict], n_train: int) -> None:
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.bar(
+        range(len(rows)),
+        [100 * r["test_acc"] for r in rows],
+        yerr=[100 * r["test_acc_ci95"] for r in rows],
+        capsize=4,
+        color="#4c72b0",
+    )
+    ax.set_xticks(range(len(rows)), [r["label"] for r in rows], rotation=20, ha="right", fontsize=8)
+    lo = min(100 * (r["test_acc"] - r["test_acc_ci95"]) for r in rows)
+    ax.set_ylim(max(0, lo - 5), 100)
+    ax.set_ylabel("test accuracy on digits 5–9 (%)")
+    ax.set_title(f"Transfer with {n_train} images (mean ± 95% CI over seeds)")
+    save_figure(fig, out / "transfer" / "bars")

@@ -183,3 +183,25 @@ def test_paper_verdicts_follow_the_paired_test_and_say_when_the_transformer_coll
     assert r_line.startswith("R: the ST-CNN is less accurate than the CNN")
     assert "the paper's gain is **not** reproduced" in r_line
     assert "R: in 1 of 2 seeds the localisation network outputs the same θ" in text
+
+
+def test_paper_search_table_says_when_a_choice_sits_on_the_grids_edge(results, tmp_path):
+    """An lr at the end of its grid means the search may have stopped short: the table says
+    so, and only then."""
+    from mnistlab.report.sections.stn.paper import stn_paper
+
+    folder = copy_study(results, tmp_path, "stn-paper")
+
+    def choose(lr):
+        def change(m):
+            m["search"]["lr_grid"] = [0.005, 0.01, 0.02]
+            for r in m["results"].values():
+                for model in r.values():
+                    model["chosen"]["lr"] = lr
+
+        edit_json(folder / "metrics.json", change)
+        return section_text(stn_paper(folder))
+
+    n = 2 * len(runs.read_json(folder / "metrics.json")["distortions"])
+    assert f"{n} of {n} lr choices sit on the grid's edge" in choose(0.02)
+    assert "grid's edge" not in choose(0.01)

@@ -101,3 +101,17 @@ def test_a_corrupt_finished_result_names_the_remedy(tmp_path):
         runs.Run(tmp_path, Cfg()),
     ):
         pass
+
+
+def test_sessions_counts_each_start_logged_by_the_suite(tmp_path):
+    """The report marks a resumed run's wall time; it counts the sessions from run.log."""
+    import logging
+
+    from mnistlab import suite
+
+    assert runs.sessions(tmp_path) == 0
+    for _ in range(2):
+        with suite._logging_to(tmp_path):
+            logging.getLogger("mnistlab").info(f"stn{runs.SESSION_START}{tmp_path}")
+            logging.getLogger("mnistlab").info("stn: epoch 1 done")
+    assert runs.sessions(tmp_path) == 2

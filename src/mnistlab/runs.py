@@ -99,6 +99,20 @@ def is_complete(folder: Path | str) -> bool:
     return (Path(folder) / COMPLETE_MARKER).is_file()
 
 
+SESSION_START = ": results in "  # the line each session of a study logs first (suite)
+
+
+def sessions(folder: Path | str) -> int:
+    """How many sessions wrote this run (``run.log`` appends across resumes): a study's
+    wall time counts only the session that finished it, so a reader must know there were more."""
+    log = Path(folder) / "run.log"
+    try:
+        with log.open(encoding="utf-8", errors="replace") as f:
+            return sum(SESSION_START in line for line in f)
+    except OSError:
+        return 0
+
+
 def read_finished(path: Path | str) -> dict[str, Any]:
     """A finished result file; a corrupt one is an error that says how to recompute it."""
     try:

@@ -52,7 +52,7 @@ def execute_study(
     folder = runs.run_dir(root, study, config)
     progress = env.progress or Progress()
     with _logging_to(folder):
-        progress.message(f"{study}: results in {folder}")
+        progress.message(f"{study}{runs.SESSION_START}{folder}")
         out = registry.get(study).run(config, folder, env, **options)
     if track == "mlflow":
         from mnistlab import tracking

@@ -25,7 +25,7 @@ def environment(manifest: dict[str, Any] | None, folders: dict[str, Path | None]
                 study,
                 str(folder),
                 f"seed {cfg.get('seed')}",
-                f"{wall:.0f} s" if isinstance(wall, int | float) else "—",
+                _wall(wall, runs.sessions(folder)),
                 f"torch {env.get('torch')}, {cfg.get('device', 'cpu')}, "
                 f"{env.get('cpu_count')} CPUs ({env.get('torch_threads', '?')} threads), "
                 f"{env.get('cuda') or 'no GPU'}",
@@ -58,6 +58,14 @@ def environment(manifest: dict[str, Any] | None, folders: dict[str, Path | None]
                 "(shown per study), as they do on the CPU."
             )
     return sec
+
+
+def _wall(seconds: Any, sessions: int) -> str:
+    if not isinstance(seconds, int | float):
+        return "—"
+    if sessions > 1:
+        return f"{seconds:.0f} s (the last of {sessions} sessions: resumed)"
+    return f"{seconds:.0f} s"
 
 
 def _software_and_data(cfg: dict[str, Any]) -> list[str]:

@@ -70,7 +70,8 @@ def _against(m: dict[str, Any], base: dict[str, Any]) -> list[str]:
         cnn = paired(ours[kind], base["models"]["baseline"]["per_seed_primary"][kind])
         lines.append(
             f"{kind.capitalize()} test images: {pm(m['model']['primary'][kind])} — against the "
-            f"tutorial recipe's STN {signed(tut)}; against the CNN {signed(cnn)}."
+            f"tutorial recipe's STN {signed(tut)}; against stn-deform's CNN (trained with the "
+            f"tutorial's recipe, not with this one) {signed(cnn)}."
         )
     mag = paired(
         [math.log(x) for x in m["magnification"]["per_seed"]],

@@ -285,3 +285,33 @@ def test_onnxruntime_features_equal_torchs_and_its_graph_is_cached(tmp_cache):
     graph.write_bytes(graph.read_bytes()[:-100])  # damaged: exported again, never used
     again = FrozenFeatures(model, head, cpu, "fp32", size=64, backend="onnxruntime")
     assert torch.equal(again.extract(images, batch_size=4), got)
+
+
+def test_views_are_fixed_warps_keyed_by_strength_view_and_seed():
+    """A view is the same images for the same key (so its cached features are found again),
+    another warp for another key, the identity nowhere near; options go cheapest first."""
+    from mnistlab.studies.fewshot import views
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.zeros(6, 28, 28, dtype=torch.uint8)
+    images[:, 8:20, 12:16] = torch.randint(100, 255, (6, 12, 4), generator=g, dtype=torch.uint8)
+    mild = views.view_images(images, views.STRENGTHS["mild"], key=1)
+    assert mild.dtype == torch.uint8 and mild.shape == images.shape
+    assert torch.equal(mild, views.view_images(images, views.STRENGTHS["mild"], key=1))
+    assert not torch.equal(mild, views.view_images(images, views.STRENGTHS["mild"], key=2))
+    assert not torch.equal(mild, images)
+    opts = views.options(("mild", "strong"), 3)
+    assert [o.label for o in opts] == [
+        "no views",
+        "1 mild view",
+        "1 strong view",
+        "3 mild views",
+        "3 strong views",
+    ]
+    assert views.options(("mild",), 0) == [views.Option()]
+    v = views.Views(
+        rows=torch.tensor([3, 7, 9]),
+        feats={("mild", 0): torch.tensor([[3.0], [7.0], [9.0]])},
+        seconds=0.0,
+    )
+    assert v.of(torch.tensor([9, 3]), views.Option("mild", 1))[0].flatten().tolist() == [9.0, 3.0]

@@ -170,12 +170,12 @@ _STUDIES = (
         protocol="best",
         summary=summaries.fewshot_best_line,
         metrics=schemas.FewshotBestMetrics,
-        quick=_QUICK_FEWSHOT,
+        quick={**_QUICK_FEWSHOT, "views": 2, "view_strengths": ("strong",)},
         tiny={**_TINY_FEWSHOT, "c_grid": (0.1, 1.0, 10.0), "lbfgs_iters": 30},
         options=("backbones",),
         in_suite=_SKIP_MISSING,
         baseline="fewshot",
-        minutes={"full": 1.8, "quick": 0.1},
+        minutes={"full": 5.0, "quick": 0.5},
         after=("fewshot",),  # its frozen features
     ),
     _entry(

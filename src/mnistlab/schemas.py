@@ -80,6 +80,7 @@ class FewshotBestBackbone(TypedDict):
     weights_source: str
     random_weights: bool
     table: list[FewshotBestRow]
+    views: NotRequired[dict[str, Any]]  # the augmented views searched: strengths, images, cost
 
 
 class FewshotBestMetrics(TypedDict):

@@ -43,7 +43,9 @@ class Evaluator:
         for name, ev in evals.items():
             picks = [i for i, m in enumerate(stack.members) if m.shared is None or name in m.shared]
             everyone = not ev.shared or len(picks) == len(stack.members)
-            self.scored[name] = None if everyone else torch.tensor(picks, device=stack.device)
+            self.scored[name] = (
+                None if everyone else torch.tensor(picks, dtype=torch.long, device=stack.device)
+            )
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, torch.Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from mnistlab.report.sections.common import (
     Section,
@@ -169,6 +170,8 @@ def fewshot_best(folder: Path | None, baseline: Path | None = None) -> Section:
         "then scored once on the test set. Ablation: each chosen ingredient removed once."
     )
     for name, r in m["backbones"].items():
+        if r.get("views", {}).get("images"):
+            sec.paragraphs.append(_views_line(name, r["views"], cfg))
         rows, ablations = [], []
         for row in r["table"]:
             c = paired(row["per_seed_test_acc"], row["per_seed_adam_test_acc"])
@@ -211,3 +214,15 @@ def fewshot_best(folder: Path | None, baseline: Path | None = None) -> Section:
     for name, reason in m.get("skipped", {}).items():
         sec.bullets.append(f"{name} SKIPPED: {reason}")
     return sec
+
+
+def _views_line(name: str, v: dict[str, Any], cfg: dict[str, Any]) -> str:
+    """What the views search added, and what it cost."""
+    kinds = "; ".join(f"{k}: {label}" for k, label in v["strengths"].items())
+    return (
+        f"{name}: the search may also fit each head on 1 or {cfg['views']} augmented views of "
+        f"each training image ({kinds}; one fixed random warp per view, through the same frozen "
+        f"backbone; validation and test images never warped), for sizes up to {v['up_to']} per "
+        f"class: {v['images']:,} view images, whose features took {v['extract_seconds']:.0f} s "
+        "in this run (features found in the cache load in about a second)."
+    )

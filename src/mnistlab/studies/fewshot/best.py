@@ -12,15 +12,21 @@ scores the choice once on the full test set:
   a regularisation sweep (λ = 1/(C·N)) — against the as-specified mini-batch Adam head (lr
   and epoch chosen on validation).
 
+* what the head is fitted on: the n×10 images' features alone, or with 1 or ``views`` augmented
+  views of each image at a mild or a strong warp (``views.py``), for the sizes up to
+  ``views_up_to`` per class — the backbone stays frozen and only the head is trained, as the
+  question asks; validation and test images are never warped.
+
 The same cached features as the as-specified study (same preprocessing to 224×224, same
-images): no extra extraction. An ablation removes each chosen ingredient once (transform →
-none, sweep → C = 1, the probe → Adam) and reports the test accuracy lost.
+images), plus the views' (cached the same way). An ablation removes each chosen ingredient
+once (views → none, transform → none, sweep → C = 1, the probe → Adam) and reports the test
+accuracy lost.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +35,17 @@ import torch
 from mnistlab import runs, schemas
 from mnistlab.config import option
 from mnistlab.errors import MnistlabError
-from mnistlab.models.backbones import resolve_weights
+from mnistlab.models.backbones import new_linear, resolve_weights
 from mnistlab.progress import Progress
 from mnistlab.stats import mean_ci
 from mnistlab.studies.fewshot.common import FewshotConfig
-from mnistlab.studies.fewshot.pool import feature_pool
-from mnistlab.studies.fewshot.study import run_backbones, size_rows
+from mnistlab.studies.fewshot.pool import FeaturePool, Heads, feature_pool
+from mnistlab.studies.fewshot.study import best_of, run_backbones, size_rows
+from mnistlab.studies.fewshot.views import STRENGTHS, Option, Views, options
+from mnistlab.studies.fewshot.views import extract as extract_views
 from mnistlab.studies.opening import Env, StudyRun, open_run
 from mnistlab.train.devices import pick_device
+from mnistlab.train.engine import Member, Pool
 from mnistlab.train.probes import fit_probes, probe_scores
 
 STUDY = "fewshot-best"
@@ -59,6 +68,19 @@ class FewshotBestConfig(FewshotConfig):
         open_lo=True,
     )
     lbfgs_iters: int = option(300, "L-BFGS iterations per fit", cli="", lo=1, hi=100_000)
+    views: int = option(
+        3, "augmented views per training image the search may add (0: none)", cli="", lo=0, hi=32
+    )
+    view_strengths: tuple[str, ...] = option(
+        ("mild", "strong"), "view strengths searched", cli="", choices=tuple(STRENGTHS)
+    )
+    views_up_to: int = option(
+        30,
+        "views only for sizes up to N per class (each view costs an extraction)",
+        cli="",
+        lo=0,
+        hi=10**6,
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -89,27 +111,92 @@ class Transform:
         return (x - mu) / sd
 
 
-def _probe_grid(feats, splits, n: int, cfg: FewshotBestConfig) -> dict[str, Any]:
-    """Every transform × C for every seed at size ``n``: validation and test scores
-    (arrays [S, len(C)])."""
-    pool, row_of, test_x, y_train, y_test = feats
-    seeds = list(splits)
-    tr = torch.stack([row_of[splits[s]["sizes"][n]] for s in seeds])
-    va = torch.stack([row_of[splits[s]["val"]] for s in seeds])
-    ytr = torch.stack([y_train[splits[s]["sizes"][n]] for s in seeds])
-    yva = torch.stack([y_train[splits[s]["val"]] for s in seeds])
+def _probe_grid(fp: FeaturePool, views: Views, n: int, option: Option, cfg) -> dict[str, Any]:
+    """Every transform × C for every seed at size ``n``, fitted on the images' features and
+    ``option``'s views of them: validation and test scores (arrays [S, len(C)])."""
+    pool, test_x = fp.features
+    row_of, seeds = fp.heads.row_of, list(fp.splits)
+    trains, labels = [], []
+    for sp in fp.splits.values():
+        idx = sp["sizes"][n]
+        trains.append(torch.cat([pool[row_of[idx]], *views.of(idx, option)]))
+        labels.append(fp.y_train[idx].repeat(1 + option.count))
+    tr, ytr = torch.stack(trains), torch.stack(labels)
+    va = torch.stack([row_of[fp.splits[s]["val"]] for s in seeds])
+    yva = torch.stack([fp.y_train[fp.splits[s]["val"]] for s in seeds])
     out = {}
     for name in cfg.transforms:
-        f = Transform(name, pool[tr])
-        w, b = fit_probes(f(pool[tr]), ytr, cfg.c_grid, cfg.lbfgs_iters)
+        f = Transform(name, tr)
+        w, b = fit_probes(f(tr), ytr, cfg.c_grid, cfg.lbfgs_iters)
         scores = {"val_acc": [], "val_ll": [], "test_acc": []}
         for k in range(len(seeds)):
             acc, ll = probe_scores(w[k], b[k], f(pool[va[k]], k), yva[k])
             scores["val_acc"].append(acc)
             scores["val_ll"].append(ll)
-            scores["test_acc"].append(probe_scores(w[k], b[k], f(test_x, k), y_test)[0])
+            scores["test_acc"].append(probe_scores(w[k], b[k], f(test_x, k), fp.y_test)[0])
         out[name] = {key: torch.stack(v) for key, v in scores.items()}
     return out
+
+
+def _view_heads(
+    fp: FeaturePool, views: Views, n: int, opts: list[Option], cfg, out: Path, progress, name: str
+) -> dict:
+    """The Adam heads of every view option at size ``n`` (the images' rows plus their views'
+    rows appended to the pool), one stack; per option and seed the lr and epoch chosen on
+    validation, with that head's test accuracy."""
+    heads, blocks = _with_views(fp, views)
+    members = [
+        Member(
+            seed=seed,
+            state=new_linear(heads.width, 10, seed).state_dict(),
+            train=torch.cat([heads.row_of[sp["sizes"][n]], *blocks(sp["sizes"][n], o)]),
+            lr=lr,
+            evals={"val": heads.row_of[sp["val"]]},
+            meta={"seed": seed, "lr": lr, "option": o.label},
+            shared=frozenset(),
+        )
+        for o in opts
+        for seed, sp in fp.splits.items()
+        for lr in cfg.lr_grid
+    ]
+    result = heads.train(
+        members,
+        cfg,
+        out / "checkpoints" / f"size{n}-views.pt",
+        progress,
+        f"{name} heads with views, {n}/class",
+    )
+    test = heads.chosen_test_acc(result)
+    chosen: dict = {}
+    for k, m in enumerate(members):
+        best = best_of(result.rows(k), "val_acc")
+        row = {"val_acc": best["val_acc"], "test_acc": test[k], "lr": m.lr, "epoch": best["epoch"]}
+        key = (m.meta["option"], m.seed)
+        if key not in chosen or (row["val_acc"], -row["epoch"]) > (
+            chosen[key]["val_acc"],
+            -chosen[key]["epoch"],
+        ):
+            chosen[key] = row
+    return chosen
+
+
+def _with_views(fp: FeaturePool, views: Views) -> tuple[Heads, Any]:
+    """The heads' pool with every view's features appended, and where an option's views of
+    given training images sit in it."""
+    base = len(fp.heads.pool.x)
+    order = list(views.feats)
+    x = torch.cat([fp.heads.pool.x, *(views.feats[k] for k in order)])
+    y = torch.cat([fp.heads.pool.y, *(fp.y_train[views.rows] for _ in order)])
+    heads = replace(fp.heads, pool=Pool(x, y))
+
+    def blocks(idx: torch.Tensor, option: Option) -> list[torch.Tensor]:
+        pos = torch.searchsorted(views.rows, idx)
+        at = [
+            base + order.index((option.strength, v)) * len(views.rows) for v in range(option.count)
+        ]
+        return [pos + a for a in at]
+
+    return heads, blocks
 
 
 def _choose(grid: dict, adam: dict, k: int, c_grid) -> dict[str, Any]:
@@ -167,35 +254,11 @@ def run_backbone(
     )
     t0 = time.perf_counter()
     fp = feature_pool(name, cfg, weights, device, progress, data_dir)
-    splits, heads = fp.splits, fp.heads
-    pool_feats, test_x = fp.features
-    feats = (pool_feats, heads.row_of, test_x, fp.y_train, fp.y_test)
+    views = extract_views(fp, name, cfg, progress, data_dir)
     rows = []
     task = progress.task(f"fewshot-best: {name} search", len(cfg.sizes))
     for n in cfg.sizes:
-        members, result, chosen_test = heads.train_size(
-            n, splits, cfg, out / "adam", progress, name
-        )
-        adam_rows = size_rows(n, result, members, cfg, chosen_test)
-        grid = _probe_grid(feats, splits, n, cfg)
-        for k, seed in enumerate(splits):
-            a = next(r for r in adam_rows if r["seed"] == seed)
-            adam = {
-                "val_acc": a["val_acc"],
-                "test_acc": a["val_test_acc"],
-                "lr": a["val_lr"],
-                "epoch": a["val_epoch"],
-            }
-            chosen = _choose(grid, adam, k, cfg.c_grid)
-            rows.append(
-                {
-                    "seed": seed,
-                    "size": n,
-                    "chosen": chosen,
-                    "adam": adam,
-                    "ablation": _ablations(grid, chosen, adam, k, cfg.c_grid),
-                }
-            )
+        rows += _size(fp, views, n, cfg, out, progress, name)
         task.advance(1)
     task.done()
     return {
@@ -204,8 +267,55 @@ def run_backbone(
         "random_weights": weights.is_random,
         "rows": rows,
         "table": summarise(rows, cfg.sizes),
+        "views": {
+            "images": len(views.rows) * len(views.feats),
+            "extract_seconds": views.seconds,
+            "up_to": cfg.views_up_to,
+            "strengths": {s: STRENGTHS[s].label() for s in cfg.view_strengths},
+        },
         "seconds": time.perf_counter() - t0,
     }
+
+
+def _size(fp: FeaturePool, views: Views, n: int, cfg, out: Path, progress, name: str) -> list:
+    """Every seed's search at ``n`` per class: per view option the probes and the Adam heads,
+    the best on validation across options (ties to the cheaper option), and the ablations."""
+    opts = options(cfg.view_strengths, cfg.views) if n <= cfg.views_up_to else [Option()]
+    members, result, chosen_test = fp.heads.train_size(
+        n, fp.splits, cfg, out / "adam", progress, name
+    )
+    plain = {r["seed"]: r for r in size_rows(n, result, members, cfg, chosen_test)}
+    adam = {
+        (Option().label, seed): {
+            "val_acc": r["val_acc"],
+            "test_acc": r["val_test_acc"],
+            "lr": r["val_lr"],
+            "epoch": r["val_epoch"],
+        }
+        for seed, r in plain.items()
+    }
+    if len(opts) > 1:
+        adam |= _view_heads(fp, views, n, opts[1:], cfg, out / "adam", progress, name)
+    grids = {o.label: _probe_grid(fp, views, n, o, cfg) for o in opts}
+    rows = []
+    for k, seed in enumerate(fp.splits):
+        picks = [(o, _choose(grids[o.label], adam[(o.label, seed)], k, cfg.c_grid)) for o in opts]
+        option, chosen = max(picks, key=lambda p: p[1]["val_acc"])  # the first (cheapest) on ties
+        ablation = _ablations(
+            grids[option.label], chosen, adam[(option.label, seed)], k, cfg.c_grid
+        )
+        if option.count:
+            ablation["views → none"] = picks[0][1]["test_acc"]
+        rows.append(
+            {
+                "seed": seed,
+                "size": n,
+                "chosen": {**chosen, "views": option.label},
+                "adam": adam[(Option().label, seed)],
+                "ablation": ablation,
+            }
+        )
+    return rows
 
 
 def summarise(rows: list[dict], sizes) -> list[dict]:
@@ -221,7 +331,7 @@ def summarise(rows: list[dict], sizes) -> list[dict]:
                 f"L-BFGS probe, {c['transform']}, C={c['C']:g}"
                 if c["classifier"] == "lbfgs"
                 else f"Adam head, lr {c['lr']:g}"
-            )
+            ) + (f", {c['views']}" if c.get("views", "no views") != "no views" else "")
             picks[key] = picks.get(key, 0) + 1
         drops = {}
         for name in {a for r in sel for a in r["ablation"]}:

@@ -118,7 +118,19 @@ class Heads:
             for seed, sp in splits.items()
             for lr in sorted({cfg.lr, *cfg.lr_grid})
         ]
-        result = train_stack(
+        result = self.train(
+            members,
+            cfg,
+            folder / "checkpoints" / f"size{n}.pt",
+            progress,
+            f"{name} heads, {n}/class",
+        )
+        return members, result, self.chosen_test_acc(result)
+
+    def train(self, members: list[Member], cfg: FewshotConfig, checkpoint: Path, progress, what):
+        """``members`` (heads on this pool's rows) as one stack, each ending on its
+        best-validation epoch; resumable from ``checkpoint``."""
+        return train_stack(
             StackedLinear(),
             members,
             self.pool,
@@ -135,11 +147,10 @@ class Heads:
             device=self.device,
             prepare=self.prepare,
             shared_evals={"test": self.test_rows},
-            checkpoint=folder / "checkpoints" / f"size{n}.pt",
+            checkpoint=checkpoint,
             progress=progress,
-            description=f"fewshot: {name} heads, {n}/class ({len(members)} together)",
+            description=f"fewshot: {what} ({len(members)} together)",
         )
-        return members, result, self.chosen_test_acc(result)
 
     @torch.no_grad()
     def chosen_test_acc(self, result) -> list[float] | None:
@@ -167,6 +178,7 @@ class FeaturePool:
     y_test: torch.Tensor
     heads: Heads
     extract_seconds: float
+    extractor: FrozenFeatures  # the frozen backbone, for features of other images (views)
 
     @property
     def features(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,4 +232,5 @@ def feature_pool(
         y_test,
         heads,
         extract_seconds,
+        frozen,
     )

@@ -55,7 +55,18 @@ def _close(a, b, tol=TOL):
 
 
 @pytest.mark.parametrize("use_stn", [True, False])
-def test_stacked_stn_matches_solo_logits_and_gradients(use_stn):
+@pytest.mark.parametrize("path", ["torch", "native"])
+def test_stacked_stn_matches_solo_logits_and_gradients(use_stn, path, monkeypatch):
+    """Equal to rounding, gradients relative to their largest element. On torch's path the
+    stack and the solo models do the same arithmetic grouped differently; the native kernel
+    rounds otherwise, and a max-pool or a bilinear cell can then flip on some inputs (a
+    non-smooth function, not a wrong gradient: test_native compares the kernel itself), so
+    the data are seeded."""
+    from mnistlab.models import native
+
+    if path == "torch":
+        monkeypatch.setattr(native, "applies", lambda x, w: False)
+    torch.manual_seed(0)
     models = [init_stn(use_stn, s) for s in range(3)]
     if use_stn:  # a non-identity θ, so the sampling path is exercised
         for m in models:
@@ -76,9 +87,9 @@ def test_stacked_stn_matches_solo_logits_and_gradients(use_stn):
         torch.testing.assert_close(out[k], ref, atol=1e-5, rtol=0)
         F.cross_entropy(ref, y[k]).backward()
         for name, g in zip(p, grads, strict=True):
-            torch.testing.assert_close(
-                g[k], dict(model.named_parameters())[name].grad, atol=1e-5, rtol=0
-            )
+            want = dict(model.named_parameters())[name].grad
+            scale = max(1.0, want.abs().max().item())
+            torch.testing.assert_close(g[k], want, atol=1e-5 * scale, rtol=0)
 
 
 @pytest.mark.parametrize("bn", [False, True])

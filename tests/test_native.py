@@ -71,6 +71,7 @@ def test_native_block_equals_torch_forward_and_gradients(cin, co, ks, size, drop
 def test_ties_and_nan_follow_torch():
     """A window of equal values routes its gradient to the first; a NaN wins its window and
     passes through ReLU; an all-negative window is 0 with no gradient — all as torch does."""
+    torch.manual_seed(0)
     x, p = _block(1, 10, 5, 28, k=1, n=2)
     with torch.no_grad():
         p["l.weight"].zero_()  # every conv output equals the bias: ties everywhere
@@ -93,7 +94,9 @@ def test_ties_and_nan_follow_torch():
 @needs_native
 def test_stacked_stn_in_training_mode_equals_the_torch_path(monkeypatch):
     """The whole stacked STN with Dropout2d and dropout drawn from per-member generators: the
-    native path and torch's give the same logits and gradients (to rounding)."""
+    native path and torch's give the same logits and gradients (to rounding). Seeded: the
+    two round differently, and on rare inputs a max-pool window or a bilinear cell flips."""
+    torch.manual_seed(0)
     models = [init_stn(True, s) for s in range(3)]
     for m in models:
         torch.nn.init.normal_(m.fc_loc[2].weight, std=0.05)

@@ -139,12 +139,12 @@ def _probe_grid(fp: FeaturePool, views: Views, n: int, option: Option, cfg) -> d
 
 
 def _view_heads(
-    fp: FeaturePool, views: Views, n: int, opts: list[Option], cfg, out: Path, progress, name: str
+    fp: FeaturePool, viewed, n: int, opts: list[Option], cfg, out: Path, progress, name: str
 ) -> dict:
     """The Adam heads of every view option at size ``n`` (the images' rows plus their views'
-    rows appended to the pool), one stack; per option and seed the lr and epoch chosen on
-    validation, with that head's test accuracy."""
-    heads, blocks = _with_views(fp, views)
+    rows, ``viewed`` = :func:`_with_views`), one stack; per option and seed the lr and epoch
+    chosen on validation, with that head's test accuracy."""
+    heads, blocks = viewed
     members = [
         Member(
             seed=seed,
@@ -167,17 +167,15 @@ def _view_heads(
         f"{name} heads with views, {n}/class",
     )
     test = heads.chosen_test_acc(result)
-    chosen: dict = {}
+    per_lr: dict[tuple[str, int], list[dict]] = {}
     for k, m in enumerate(members):
         best = best_of(result.rows(k), "val_acc")
         row = {"val_acc": best["val_acc"], "test_acc": test[k], "lr": m.lr, "epoch": best["epoch"]}
-        key = (m.meta["option"], m.seed)
-        if key not in chosen or (row["val_acc"], -row["epoch"]) > (
-            chosen[key]["val_acc"],
-            -chosen[key]["epoch"],
-        ):
-            chosen[key] = row
-    return chosen
+        per_lr.setdefault((m.meta["option"], m.seed), []).append(row)
+    # as size_rows chooses: the best validation accuracy, the earlier epoch, the first lr
+    return {
+        key: max(rows, key=lambda r: (r["val_acc"], -r["epoch"])) for key, rows in per_lr.items()
+    }
 
 
 def _with_views(fp: FeaturePool, views: Views) -> tuple[Heads, Any]:
@@ -190,11 +188,8 @@ def _with_views(fp: FeaturePool, views: Views) -> tuple[Heads, Any]:
     heads = replace(fp.heads, pool=Pool(x, y))
 
     def blocks(idx: torch.Tensor, option: Option) -> list[torch.Tensor]:
-        pos = torch.searchsorted(views.rows, idx)
-        at = [
-            base + order.index((option.strength, v)) * len(views.rows) for v in range(option.count)
-        ]
-        return [pos + a for a in at]
+        pos = views.positions(idx)
+        return [base + order.index(key) * len(views.rows) + pos for key in views.keys(option)]
 
     return heads, blocks
 
@@ -255,10 +250,11 @@ def run_backbone(
     t0 = time.perf_counter()
     fp = feature_pool(name, cfg, weights, device, progress, data_dir)
     views = extract_views(fp, name, cfg, progress, data_dir)
+    viewed = _with_views(fp, views) if views.feats else None  # one copy of the pool, all sizes
     rows = []
     task = progress.task(f"fewshot-best: {name} search", len(cfg.sizes))
     for n in cfg.sizes:
-        rows += _size(fp, views, n, cfg, out, progress, name)
+        rows += _size(fp, views, viewed, n, cfg, out, progress, name)
         task.advance(1)
     task.done()
     return {
@@ -277,10 +273,11 @@ def run_backbone(
     }
 
 
-def _size(fp: FeaturePool, views: Views, n: int, cfg, out: Path, progress, name: str) -> list:
+def _size(fp: FeaturePool, views: Views, viewed, n: int, cfg, out: Path, progress, name: str):
     """Every seed's search at ``n`` per class: per view option the probes and the Adam heads,
     the best on validation across options (ties to the cheaper option), and the ablations."""
-    opts = options(cfg.view_strengths, cfg.views) if n <= cfg.views_up_to else [Option()]
+    viewable = viewed is not None and n <= cfg.views_up_to
+    opts = options(cfg.view_strengths, cfg.views) if viewable else [Option()]
     members, result, chosen_test = fp.heads.train_size(
         n, fp.splits, cfg, out / "adam", progress, name
     )
@@ -295,7 +292,7 @@ def _size(fp: FeaturePool, views: Views, n: int, cfg, out: Path, progress, name:
         for seed, r in plain.items()
     }
     if len(opts) > 1:
-        adam |= _view_heads(fp, views, n, opts[1:], cfg, out / "adam", progress, name)
+        adam |= _view_heads(fp, viewed, n, opts[1:], cfg, out / "adam", progress, name)
     grids = {o.label: _probe_grid(fp, views, n, o, cfg) for o in opts}
     rows = []
     for k, seed in enumerate(fp.splits):

@@ -58,10 +58,17 @@ class Views:
     feats: dict[tuple[str, int], torch.Tensor]  # (strength, view number) → [len(rows), D]
     seconds: float
 
+    def positions(self, idx: torch.Tensor) -> torch.Tensor:
+        """Where training images ``idx`` (each in ``rows``) sit in every view's features."""
+        return torch.searchsorted(self.rows, idx)
+
+    def keys(self, option: Option) -> list[tuple[str, int]]:
+        return [(option.strength, v) for v in range(option.count)]
+
     def of(self, idx: torch.Tensor, option: Option) -> list[torch.Tensor]:
-        """The features of ``option``'s views of training images ``idx`` (each in ``rows``)."""
-        pos = torch.searchsorted(self.rows, idx)
-        return [self.feats[(option.strength, v)][pos] for v in range(option.count)]
+        """The features of ``option``'s views of training images ``idx``."""
+        pos = self.positions(idx)
+        return [self.feats[key][pos] for key in self.keys(option)]
 
 
 def view_images(images: torch.Tensor, spec: Augment, key: int) -> torch.Tensor:

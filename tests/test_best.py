@@ -5,6 +5,7 @@ import torch
 
 from mnistlab import registry
 from mnistlab.studies.digits import best as digits_best
+from mnistlab.studies.digits import best_transfer
 from mnistlab.studies.fewshot import best as fewshot_best
 from mnistlab.train.probes import fit_probes
 
@@ -129,15 +130,18 @@ def test_digits_best_chooses_on_validation_only_and_resumes(tmp_path, mnist, req
     cfg = digits_best.DigitsBestConfig(**DIGITS)
     m = digits_best.run(cfg, tmp_path / "a")
     assert set(m["transfer"]) == {"frozen5", "reuse4", "unfreeze2"}
-    assert "best" in m["source"] and "plain" in m["source"]
+    assert "best" in m["source"] and "searched" in m["sources"]
+    assert len(m["sources"]) == 1 + len(cfg.source_l2s) * len(cfg.source_augments)
+    for v in ("frozen5", "reuse4"):  # the source is chosen among all of them, per variant
+        assert set(m["transfer"][v]["source_val_acc"]) == set(m["sources"])
     real = _interrupted_on(monkeypatch, tune, "run_trial", 2)  # in the search's second trial
     with pytest.raises(KeyboardInterrupt):
         digits_best.run(cfg, tmp_path / "resumed")
     monkeypatch.setattr(tune, "run_trial", real)
-    real = _interrupted_on(monkeypatch, digits_best, "_unfreeze", 1)  # in the transfer grid
+    real = _interrupted_on(monkeypatch, best_transfer, "_unfreeze", 1)  # in the transfer grid
     with pytest.raises(KeyboardInterrupt):
         digits_best.run(cfg, tmp_path / "resumed")
-    monkeypatch.setattr(digits_best, "_unfreeze", real)
+    monkeypatch.setattr(best_transfer, "_unfreeze", real)
     assert _numbers(digits_best.run(cfg, tmp_path / "resumed")) == _numbers(m)
     request.getfixturevalue("garbage_test_labels")
     g = digits_best.run(cfg, tmp_path / "b")

@@ -96,6 +96,44 @@ def test_a_pure_shift_moves_the_digit_by_at_most_its_magnitude():
         assert abs(float(bx - ax)) <= 2.05 and abs(float(by - ay)) <= 2.05
 
 
+@pytest.mark.parametrize("spec", [Augment(elastic=34.0), Augment(shift=2.0, elastic=34.0)])
+def test_elastic_stream_is_the_members_own_and_touches_only_its_real_rows(spec):
+    x = _batch()
+    alone = augment_batch(x[:1], [spec], _gens(7), rows=[8])
+    mates = augment_batch(x, [spec, Augment(elastic=34.0), None], _gens(7, 8, 9), rows=[8, 3, 8])
+    assert torch.equal(alone[0], mates[0])
+    assert torch.equal(mates[1, 3:], x[1, 3:]) and torch.equal(mates[2], x[2])
+    assert all(not torch.equal(alone[0, i], x[0, i]) for i in range(8))
+    affine_only = augment_batch(x[:1], [Augment(shift=spec.shift)], _gens(7), rows=[8])
+    assert not torch.equal(alone[0], affine_only[0])
+
+
+def test_elastic_field_is_smooth_and_of_simards_size():
+    """Displacements of about α·0.04 px (uniform noise blurred by a σ = 4 Gaussian), varying
+    slowly between neighbouring pixels, and none without α."""
+    from mnistlab.train.augment import _elastic_field
+
+    field = _elastic_field(Augment(elastic=34.0), 256, 28, 28, _gens(0)[0]) * 14  # → px
+    assert 1.0 < float(field.std()) < 2.5
+    step = (field[:, 1:] - field[:, :-1]).abs().mean()
+    assert float(step) < 0.2 * float(field.abs().mean())
+    assert not Augment(elastic=0.0).active and Augment(elastic=1.0).active
+    assert "elastic α 34 px" in Augment(elastic=34.0).label()
+
+
+@pytest.mark.parametrize(
+    ("size", "sigma", "shape"), [(25, 4.0, (3, 2, 28, 28)), (7, 1.5, (5, 9, 13))]
+)
+def test_the_matrix_blur_is_torchvisions_gaussian_blur(size, sigma, shape):
+    from torchvision.transforms.v2.functional import gaussian_blur
+
+    from mnistlab.train.augment import separable_blur
+
+    x = torch.rand(shape, generator=_gens(1)[0])
+    expect = gaussian_blur(x, [size, size], [sigma, sigma])
+    assert torch.allclose(separable_blur(x, size, sigma), expect, atol=1e-5)
+
+
 def test_elementwise_affine_grid_equals_torchs_in_values_and_gradient():
     from torch.nn import functional as F
 

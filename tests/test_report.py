@@ -343,6 +343,28 @@ def test_digits_best_verdicts_follow_the_numbers(results, tmp_path):
     assert "measured exactly level" in text and "agree on every image" in text
 
 
+def test_digits_best_source_contrast_follows_the_numbers(results, tmp_path):
+    """Whether source accuracy and target validation order the sources alike is read from
+    the numbers, both ways."""
+    folder = _copy(results, tmp_path, "digits-best")
+
+    def contrast(searched_acc, searched_val):
+        def change(m):
+            chosen = next(s for s in m["sources"] if s != "searched")
+            for v in ("frozen5", "reuse4"):
+                m["transfer"][v]["chosen"]["source"] = chosen
+                m["transfer"][v]["source_val_acc"] = {"searched": searched_val, chosen: 0.8}
+            m["sources"]["searched"]["source_test_acc"] = [searched_acc] * 2
+            m["sources"][chosen]["source_test_acc"] = [0.98] * 2
+
+        _edit(folder / "metrics.json", change)
+        return _text(sections.digits_best(folder))
+
+    assert "the orders disagree" in contrast(0.99, 0.7)
+    assert "the two orders agree" in contrast(0.99, 0.9)
+    assert "the two orders agree" in contrast(0.97, 0.7)
+
+
 # ----------------------------------------------------------------------------- schemas
 
 

@@ -276,6 +276,13 @@ class DigitsBestSearch(TypedDict):
     epochs: int
 
 
+class DigitsBestSource(TypedDict):
+    hp: dict[str, Any]
+    epochs: list[int]
+    source_test_acc: list[float]
+    seconds_per_model: float
+
+
 class DigitsBestTransfer(TypedDict):
     seeds: list[int]
     test_acc: MeanCI
@@ -286,7 +293,8 @@ class DigitsBestTransfer(TypedDict):
 
 class DigitsBestMetrics(TypedDict):
     search: DigitsBestSearch
-    source: dict[str, TestScores]  # "best", "plain", "without <ingredient>"
+    source: dict[str, TestScores]  # "best", "without <ingredient>"
+    sources: dict[str, DigitsBestSource]  # the transfer sources, one model per seed each
     transfer: dict[str, DigitsBestTransfer]
 
 

@@ -87,11 +87,14 @@ class StackedMLP:
 
     ``prefix`` names the block list in the solo state dict (``hidden`` for :class:`MLP`,
     ``stack`` for the transfer study's reused stacks); blocks below ``first`` are frozen and
-    run outside (shared by every member). Per-member dropout rates come with the step's noise.
+    run outside (shared by every member). Blocks ``first..frozen-1`` are frozen too but each
+    member's own (a source model per seed): they run inside, always as in evaluation — running
+    batch-norm statistics, no dropout — as :class:`Reused` runs its frozen blocks. Per-member
+    dropout rates come with the step's noise.
     """
 
-    def __init__(self, config: MLPConfig, prefix: str = "hidden", first: int = 0):
-        self.config, self.prefix, self.first = config, prefix, first
+    def __init__(self, config: MLPConfig, prefix: str = "hidden", first: int = 0, frozen: int = 0):
+        self.config, self.prefix, self.first, self.frozen = config, prefix, first, frozen
 
     def decays(self, name: str) -> bool:
         """L2 on weight matrices only (not biases or batch-norm scales)."""
@@ -104,11 +107,13 @@ class StackedMLP:
     ) -> torch.Tensor:
         """Logits ``[K, B, classes]`` for inputs ``[K, B, width of block first]``."""
         h = x.flatten(2)
+        fixed = stack.Step(False)
         for i in range(self.first, len(self.config.hidden)):
+            here = fixed if i < self.frozen else step
             h = stack.linear(h, p, f"{self.prefix}.{i}.0")
             if self.config.batch_norm:
-                h = stack.batch_norm(h, p, f"{self.prefix}.{i}.1", step)
+                h = stack.batch_norm(h, p, f"{self.prefix}.{i}.1", here)
             h = torch.relu(h)
-            if step.noise is not None and (m := step.noise.keep((h.shape[2],))) is not None:
+            if here.noise is not None and (m := here.noise.keep((h.shape[2],))) is not None:
                 h = h * m
         return stack.linear(h, p, "head")

@@ -70,6 +70,8 @@ AUGMENTS = {
     "shift2": Augment(shift=2.0),
     "shift2-rot10": Augment(shift=2.0, rotate=10.0),
     "shift2-rot10-scale10": Augment(shift=2.0, rotate=10.0, scale=0.1),
+    "elastic": Augment(elastic=34.0, elastic_sigma=4.0),  # Simard et al. 2003's α and σ
+    "shift2-rot10-elastic": Augment(shift=2.0, rotate=10.0, elastic=34.0, elastic_sigma=4.0),
 }
 
 

@@ -109,6 +109,50 @@ def test_stacked_mlp_matches_solo_in_train_and_eval_mode(bn):
             )
 
 
+@pytest.mark.parametrize("bn", [False, True])
+def test_frozen_blocks_inside_the_stack_run_as_reused_runs_them(bn):
+    """``frozen=n``: each member's own bottom blocks, in evaluation mode (running statistics,
+    no dropout) while the top trains — the same training as those blocks run outside as a
+    frozen trunk (``first=n``), for a source with batch norm and dropout."""
+    from mnistlab.studies.digits.transfer import Reused, frozen_trunk
+
+    source = build_mlp(MLPConfig(batch_norm=bn, dropout=0.3), seed=4)
+    pool = _images()
+    model = Reused(source, 3, 5, seed=1)
+    model.unfreeze(1)
+    trainable = {n for n, q in model.named_parameters() if q.requires_grad}
+    shape = MLPConfig(hidden=(100,) * 3, batch_norm=bn)
+
+    def member():
+        return Member(
+            seed=2,
+            state=model.state_dict(),
+            train=torch.arange(300),
+            lr=1e-2,
+            dropout=0.3,
+            evals={"val": torch.arange(300, 400)},
+        )
+
+    def run(arch, prepare):
+        return train_stack(
+            arch,
+            [member()],
+            pool,
+            Schedule(epochs=2, batch_size=50),
+            trainable=trainable,
+            device=CPU,
+            prepare=prepare,
+        )
+
+    inside = run(StackedMLP(shape, "stack", 0, frozen=2), lambda x: x.flatten(-2).float() / 255)
+    outside = run(StackedMLP(shape, "stack", 2), frozen_trunk(source, 2, CPU))
+    assert _close(inside.states[0], outside.states[0])
+    for a, b in zip(inside.rows(0), outside.rows(0), strict=True):
+        assert abs(a["val_loss"] - b["val_loss"]) < TOL
+    frozen = {k for k in model.state_dict() if k.startswith(("stack.0.", "stack.1."))}
+    assert all(torch.equal(inside.states[0][k], model.state_dict()[k]) for k in frozen)
+
+
 def by_hand(m, sched: Schedule, make_opt):
     """Member ``m`` trained alone with torch.optim in the engine's batch order, its lr set from
     the schedule at the start of each epoch: the reference the stack must equal."""

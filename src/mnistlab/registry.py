@@ -319,8 +319,10 @@ _STUDIES = (
             **_QUICK_DIGITS,
             "best_trials": 4,
             "best_max_epochs": 6,
+            "source_l2s": (1e-4,),
             "head_lrs": (1e-2,),
             "head_l2s": (0.0,),
+            "head_augments": ("none", "shift2-rot10-elastic"),
             "unfreeze_factors": (0.1, 1.0),
         },
         tiny={

@@ -45,7 +45,7 @@ class DigitsBestConfig(DigitsConfig):
         (1e-5, 1e-4), "L2 weights of the simple transfer sources", cli="", lo=0, hi=1
     )
     source_augments: tuple[str, ...] = option(
-        ("none", "shift2-rot10"),
+        ("none", "shift2-rot10-elastic"),
         "augmentations of the simple transfer sources",
         cli="",
         choices=tuple(tune.AUGMENTS),

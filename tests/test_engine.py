@@ -397,7 +397,7 @@ class _Trunk:
         return torch.relu((raw.float() / 255).flatten(-2) @ self.w)
 
 
-def _trunk_heads(members, cache: bool, trunk=None, epochs=3):
+def _trunk_heads(members, trunk=None, epochs=3):
     trunk = trunk or _Trunk()
     return train_stack(
         StackedLinear(),
@@ -408,38 +408,15 @@ def _trunk_heads(members, cache: bool, trunk=None, epochs=3):
         device=CPU,
         prepare=trunk,
         shared_evals={"test": torch.arange(350, 400)},
-        cache_prepared=cache,
     )
-
-
-@pytest.mark.parametrize("augmented", [False, True])
-def test_trunk_cached_once_per_image_trains_as_per_batch(augmented):
-    """``cache_prepared``: the same training, the trunk run once per image (evaluation always,
-    training when no member augments) instead of every batch and epoch."""
-    from mnistlab.train.augment import Augment
-
-    members = [_head(s, 1e-2, 120) for s in (0, 1)]
-    if augmented:
-        members[1].augment = Augment(shift=2.0)
-    per_batch, cached = _Trunk(), _Trunk()
-    a = _trunk_heads(members, cache=False, trunk=per_batch)
-    b = _trunk_heads(members, cache=True, trunk=cached)
-    for k in range(2):
-        assert _close(a.states[k], b.states[k])
-        for ra, rb in zip(a.rows(k), b.rows(k), strict=True):
-            assert abs(ra["val_loss"] - rb["val_loss"]) < TOL
-            assert abs(ra["test_loss"] - rb["test_loss"]) < TOL
-    assert len(cached.calls) < len(per_batch.calls)
-    if not augmented:
-        assert len(cached.calls) == 1  # the whole pool, once
 
 
 def test_members_without_rows_sit_out_of_the_trunk():
     """A member whose epoch ended is not run through the (costly) frozen trunk."""
     trunk = _Trunk()
     members = [_head(0, 1e-2, 40), _head(1, 1e-2, 100)]
-    res = _trunk_heads(members, cache=False, trunk=trunk, epochs=1)
-    alone = _trunk_heads([members[0]], cache=False, epochs=1)
+    res = _trunk_heads(members, trunk=trunk, epochs=1)
+    alone = _trunk_heads([members[0]], epochs=1)
     assert 1 in trunk.calls and 2 in trunk.calls
     assert _close(res.states[0], alone.states[0])
 

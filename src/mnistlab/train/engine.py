@@ -73,19 +73,6 @@ __all__ = [
 ]
 
 
-def _sources(
-    pool: Pool, prepare: Prepare, members: list[Member], cache: bool
-) -> tuple[Pool, Prepare, Pool, Prepare]:
-    """(pool, prepare) for training and for evaluation: the frozen trunk's output once per
-    image where ``cache`` allows it (evaluation always; training unless a member augments)."""
-    if not cache:
-        return pool, prepare, pool, prepare
-    cached = prepared_pool(pool, prepare)
-    if any(m.augments for m in members):
-        return pool, prepare, cached, identity
-    return cached, identity, cached, identity
-
-
 def prepared_pool(pool: Pool, prepare: Prepare, rows: int = EVAL_ROWS) -> Pool:
     """``pool`` with ``prepare`` applied to every item once (in chunks of ``rows``)."""
     if prepare is identity:
@@ -126,7 +113,6 @@ def train_stack(
     progress: Progress | None = None,
     description: str = "train",
     on_epoch: OnEpoch | None = None,
-    cache_prepared: bool = False,
     measure: Measure | None = None,
 ) -> StackResult:
     """Train ``members`` together; resume from ``checkpoint`` when it holds this stack.
@@ -139,21 +125,16 @@ def train_stack(
         prepare: gathered pool inputs ``[K, B, ...]`` → model inputs (type conversion, or a
             frozen trunk shared by all members).
         shared_evals: evaluation sets common to all members (indices into the pool).
-        cache_prepared: ``prepare`` is a fixed function of each image (a frozen trunk), so it
-            runs once per pool image instead of once per batch and epoch: for the evaluation
-            sets always (they are never augmented), for training when no member augments.
         on_epoch: called after each recorded epoch; returning True stops the stack.
         measure: per-member extra history columns, computed after each epoch's evaluation.
     """
     progress = progress or default_progress()
-    pool, prepare, eval_pool, eval_prepare = _sources(
-        pool.to(device), prepare, members, cache_prepared
-    )
-    evals = eval_sets(members, eval_pool, shared_evals or {}, device)
+    pool = pool.to(device)
+    evals = eval_sets(members, pool, shared_evals or {}, device)
 
     def fresh() -> Trainer:
         stack = Stack(arch, members, schedule, trainable, device)
-        return Trainer(stack, pool, prepare, Evaluator(stack, eval_pool, eval_prepare, evals))
+        return Trainer(stack, pool, prepare, Evaluator(stack, pool, prepare, evals))
 
     print_ = fingerprint(members, schedule, shape_of(arch, trainable))
     t, start = _resume(fresh, checkpoint, (print_, numeric_path(arch)), progress, description)

@@ -42,7 +42,7 @@ class DigitsBestConfig(DigitsConfig):
     best_max_epochs: int = option(20, "epoch cap per fold in the search", cli="", lo=1, hi=10_000)
     best_patience: int = option(3, "early-stopping patience in the search", cli="", lo=1, hi=10_000)
     source_l2s: tuple[float, ...] = option(
-        (1e-5, 1e-4), "L2 weights of the simple transfer sources", cli="", lo=0, hi=1
+        (1e-5,), "L2 weights of the simple transfer sources", cli="", lo=0, hi=1
     )
     source_augments: tuple[str, ...] = option(
         ("none", "shift2-rot10-elastic"),
@@ -51,7 +51,7 @@ class DigitsBestConfig(DigitsConfig):
         choices=tuple(tune.AUGMENTS),
     )
     head_lrs: tuple[float, ...] = option(
-        (1e-2, 3e-2), "transfer head lrs", cli="", lo=0, hi=10, open_lo=True
+        (3e-2,), "transfer head lrs", cli="", lo=0, hi=10, open_lo=True
     )
     head_l2s: tuple[float, ...] = option((1e-4,), "transfer L2 weights", cli="", lo=0, hi=1)
     head_augments: tuple[str, ...] = option(
@@ -61,7 +61,7 @@ class DigitsBestConfig(DigitsConfig):
         choices=tuple(tune.AUGMENTS),
     )
     unfreeze_factors: tuple[float, ...] = option(
-        (0.1, 0.3, 1.0), "unfreeze lr ratios", cli="", lo=0, hi=10, open_lo=True
+        (0.1, 0.3), "unfreeze lr ratios", cli="", lo=0, hi=10, open_lo=True
     )
 
 

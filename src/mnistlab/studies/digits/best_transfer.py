@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
+
 from mnistlab.data import parse_digits
 from mnistlab.models.mlp import MLP, MLPConfig, StackedMLP, build_mlp
 from mnistlab.stats import mean_ci
@@ -35,12 +37,13 @@ from mnistlab.studies.digits.common import (
 )
 from mnistlab.studies.digits.transfer import (
     Reused,
+    frozen_trunk,
     transfer_schedule,
     transfer_seeds,
     transfer_split,
 )
 from mnistlab.train.checkpoint import load_checkpoint, save_checkpoint
-from mnistlab.train.engine import Member, Pool, Schedule, StackResult, train_stack
+from mnistlab.train.engine import Member, Pool, Schedule, StackResult, identity, train_stack
 from mnistlab.train.evaluate import solo
 
 SIMPLE = {"lr": 1e-3, "batch_size": 128}  # + L2 and augmentation from the grid; nothing else
@@ -181,6 +184,7 @@ class Grid:
         self.seeds = transfer_seeds(ctx.cfg)
         self.splits = {s: transfer_split(ctx.cfg, self.target, s) for s in self.seeds}
         self.k = len(parse_digits(ctx.cfg.target_digits))
+        self.pool = Pool(self.target.x_train, self.target.y_train)
 
     def reused(self, r: Recipe, seed: int, n: int) -> Reused:
         return Reused(self.sources[r.source][seed], n, self.k, seed)
@@ -188,43 +192,78 @@ class Grid:
     def fit(self, recipes: list[Recipe], n: int, what: str, init=None, unfrozen=0) -> list[dict]:
         """Every recipe × seed from ``init(recipe, seed)`` (default: the recipe's source of
         that seed, its first ``n`` blocks frozen, a new head); the top ``unfrozen`` blocks and
-        the head train. One stack per batch-norm flag (the stacked shape must agree)."""
+        the head train. Heads on frozen blocks without augmentation train on those blocks'
+        outputs computed once per image (each source and seed its own); the others run their
+        frozen blocks inside the stack. One stack per kind and batch-norm flag."""
         init = init or (lambda r, seed: self.reused(r, seed, n))
         pairs = [(r, seed) for r in recipes for seed in self.seeds]
         models = [init(r, seed) for r, seed in pairs]
-        groups: dict[bool, list[int]] = {}
+        groups: dict[tuple[bool, bool], list[int]] = {}
         for i, (r, seed) in enumerate(pairs):
-            groups.setdefault(self.sources[r.source][seed].config.batch_norm, []).append(i)
+            cached = not unfrozen and tune.AUGMENTS[r.augment] is None
+            bn = self.sources[r.source][seed].config.batch_norm
+            groups.setdefault((cached, bn), []).append(i)
         parts = []
-        for bn, where in sorted(groups.items()):
-            members = [self._member(*pairs[i], models[i], unfrozen) for i in where]
-            trainable = {k for k, p in models[where[0]].named_parameters() if p.requires_grad}
+        for (cached, bn), where in sorted(groups.items()):
+            mine = [pairs[i] for i in where]
             shape = MLPConfig(hidden=(100,) * n, n_classes=self.k, batch_norm=bn)
+            if cached:
+                (pool, rows), arch, prepare = (
+                    self._features(mine, n),
+                    StackedMLP(shape, "stack", n),
+                    identity,
+                )
+            else:
+                (pool, rows), arch = self._images(mine), StackedMLP(shape, "stack", 0, n - unfrozen)
+                prepare = to_flat
+            members = [self._member(*pairs[i], models[i], unfrozen, rows) for i in where]
             res = train_stack(
-                StackedMLP(shape, "stack", 0, frozen=n - unfrozen),
+                arch,
                 members,
-                Pool(self.target.x_train, self.target.y_train),
+                pool,
                 transfer_schedule(self.ctx.cfg),
-                trainable=trainable,
+                trainable={k for k, p in models[where[0]].named_parameters() if p.requires_grad},
                 device=self.ctx.device,
-                prepare=to_flat,
+                prepare=prepare,
                 progress=self.ctx.progress,
                 description=f"digits-best: {what}, {len(recipes)} × {len(self.seeds)} seeds",
             )
             parts.append((where, res))
         return self._score(recipes, pairs, models, StackResult.merge(parts))
 
-    def _member(self, r: Recipe, seed: int, model: Reused, unfrozen: int) -> Member:
+    def _images(self, pairs) -> tuple[Pool, dict]:
+        """The target images, and each (source, seed)'s training and validation indices."""
+        return self.pool, {(r.source, seed): self.splits[seed] for r, seed in pairs}
+
+    def _features(self, pairs, n: int) -> tuple[Pool, dict]:
+        """The first ``n`` frozen blocks' outputs for each (source, seed)'s training and
+        validation images, one block of rows per pair, and each pair's indices into it."""
+        xs, ys, rows, at = [], [], {}, 0
+        for source, seed in dict.fromkeys((r.source, seed) for r, seed in pairs):
+            tr, va = self.splits[seed]
+            idx = torch.cat([tr, va])
+            trunk = frozen_trunk(self.sources[source][seed], n, self.ctx.device)
+            xs.append(trunk(self.target.x_train[idx].to(self.ctx.device)).cpu())
+            ys.append(self.target.y_train[idx])
+            rows[(source, seed)] = (
+                at + torch.arange(len(tr)),
+                at + len(tr) + torch.arange(len(va)),
+            )
+            at += len(idx)
+        return Pool(torch.cat(xs), torch.cat(ys)), rows
+
+    def _member(self, r: Recipe, seed: int, model: Reused, unfrozen: int, rows: dict) -> Member:
         source = self.sources[r.source][seed]
+        tr, va = rows[(r.source, seed)]
         return Member(
             seed=seed,
             state=model.state_dict(),
-            train=self.splits[seed][0],
+            train=tr,
             lr=r.lr * r.factor,
             weight_decay=r.l2,
             dropout=source.config.dropout if unfrozen else 0.0,  # only blocks that train drop
             augment=tune.AUGMENTS[r.augment],
-            evals={"val": self.splits[seed][1]},
+            evals={"val": va},
             meta={"recipe": r.__dict__, "seed": seed},
         )
 

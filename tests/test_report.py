@@ -353,7 +353,11 @@ def test_digits_best_source_contrast_follows_the_numbers(results, tmp_path):
             chosen = next(s for s in m["sources"] if s != "searched")
             for v in ("frozen5", "reuse4"):
                 m["transfer"][v]["chosen"]["source"] = chosen
-                m["transfer"][v]["source_val_acc"] = {"searched": searched_val, chosen: 0.8}
+                m["transfer"][v]["source_val_acc"] = {
+                    **dict.fromkeys(m["sources"], 0.5),
+                    "searched": searched_val,
+                    chosen: 0.8,
+                }
             m["sources"]["searched"]["source_test_acc"] = [searched_acc] * 2
             m["sources"][chosen]["source_test_acc"] = [0.98] * 2
 

@@ -83,8 +83,8 @@ def separable_blur(x: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
     """torchvision's ``gaussian_blur`` (same kernel, reflect padding) of ``[..., H, W]`` as two
     small matrix products, ``B_H · x · B_Wᵀ`` — the blur is linear, so its column and row passes
     are fixed H×H and W×W matrices. The same field to float rounding (tested); torchvision's
-    25×25 convolution made the elastic warp 36× the cost of an affine one here, a grouped
-    separable convolution still 13×."""
+    25×25 convolution, and a grouped separable one, cost several times the whole affine warp
+    (README, The training engine; ``benchmarks/elastic_bench.py``)."""
     h, w = x.shape[-2:]
     return _blur_matrix(h, size, sigma, x) @ x @ _blur_matrix(w, size, sigma, x).T
 
